@@ -1,0 +1,191 @@
+"""The `firered-batch` command: arguments in, one library call, outcome → exit code.
+
+Exit codes: 0 everything completed; 1 some items failed; 2 invalid manifest, job or arguments;
+3 refused by the remote (auth); 4 interrupted or stopped early, resumable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batch.job import JobError, JobSpec, load_job
+from batch.manifest import ManifestError, scan
+from batch.pipeline.events import LogProgress, Progress, TqdmProgress
+from batch.pipeline.run import EXIT_INVALID, run_job
+
+MANIFEST_SUFFIXES = {".csv", ".jsonl"}
+
+
+def _load_spec(target: str, overrides: dict[str, Any]) -> JobSpec:
+    """A job file, or a manifest run directly (YAML manifests have `items:` or `matrix:`)."""
+    path = Path(target)
+    if path.suffix.lower() in MANIFEST_SUFFIXES or _looks_like_manifest(path):
+        spec = JobSpec.for_manifest(path)
+    else:
+        spec = load_job(path)
+    return spec.with_overrides(**overrides)
+
+
+def _looks_like_manifest(path: Path) -> bool:
+    if path.suffix.lower() not in {".yaml", ".yml"} or not path.is_file():
+        return False
+    head = path.read_text(encoding="utf-8-sig", errors="replace")[:65536]
+    return any(line.startswith(("items:", "matrix:")) for line in head.splitlines())
+
+
+def _fail_invalid(exc: Exception) -> None:
+    click.echo(str(exc), err=True)
+    sys.exit(EXIT_INVALID)
+
+
+def _setup_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("batch")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def _progress(log_format: str) -> Progress:
+    if log_format == "json":
+        return LogProgress(json_lines=True)
+    if sys.stdout.isatty():
+        return TqdmProgress()
+    return LogProgress()
+
+
+@click.group()
+@click.version_option(package_name="firered-batch")
+def main() -> None:
+    """Bulk image edits through fal's queue API, resumable, with a local simulator."""
+
+
+@main.command()
+@click.argument("target", type=click.Path(exists=True, dir_okay=False))
+@click.option("--queue-url", help="fal queue URL, or 'local' for the embedded simulator.")
+@click.option("--concurrency", type=click.IntRange(min=1), help="Max requests in flight.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Max submits/s.")
+@click.option("--wait", type=click.Choice(["poll", "stream"]), help="How to learn of results.")
+@click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--dry-run", is_flag=True, help="Validate and plan only; send nothing.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+def run(
+    target: str,
+    queue_url: str | None,
+    concurrency: int | None,
+    rate: float | None,
+    wait: str | None,
+    output: str | None,
+    dry_run: bool,
+    log_format: str,
+) -> None:
+    """Run (or resume) a job file or a manifest.
+
+    Example: firered-batch run jobs/demo.yaml --concurrency 4
+    """
+    _setup_logging(log_format)
+    overrides = {
+        "queue": queue_url,
+        "concurrency": concurrency,
+        "rate": rate,
+        "wait": wait,
+        "output": output,
+    }
+    try:
+        spec = _load_spec(target, overrides)
+        summary = asyncio.run(
+            run_job(spec, progress=_progress(log_format), handle_signals=True, dry_run=dry_run)
+        )
+    except (JobError, ManifestError, ValueError) as exc:
+        _fail_invalid(exc)
+        return
+    for warning in summary.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(summary.text())
+    sys.exit(summary.exit_code)
+
+
+@main.command()
+@click.argument("target", type=click.Path(exists=True, dir_okay=False))
+def validate(target: str) -> None:
+    """Check a job file or manifest completely, without network; print counts.
+
+    Example: firered-batch validate manifests/demo.csv
+    """
+    try:
+        spec = _load_spec(target, {})
+        result = scan(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults)
+    except (JobError, ManifestError, ValueError) as exc:
+        _fail_invalid(exc)
+        return
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(result.describe())
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--capacity", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option(
+    "--latency",
+    default="uniform:0.2,0.8",
+    show_default=True,
+    help="fixed:S | uniform:LO,HI | lognormal:MEAN,SIGMA",
+)
+@click.option("--faults", type=click.Path(exists=True, dir_okay=False), help="Fault plan YAML.")
+@click.option("--tls", is_flag=True, help="Serve https with a generated certificate.")
+@click.option("--key", envvar="FIRERED_SIM_KEY", help="The accepted key (default: random).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def sim(
+    host: str,
+    port: int,
+    capacity: int,
+    latency: str,
+    faults: str | None,
+    tls: bool,
+    key: str | None,
+    seed: int,
+) -> None:
+    """Serve the fal-compatible queue simulator until Ctrl-C.
+
+    Example: firered-batch sim --port 8080 --capacity 4 --latency lognormal:0.5,0.6
+    """
+    from batch.sim import FaultPlan, SimConfig, run_forever
+
+    settings: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "capacity": capacity,
+        "latency": latency,
+        "tls": tls,
+        "seed": seed,
+    }
+    if not key:
+        # A fresh local key, shown so clients can use it (it is not a fal key).
+        key = "sim-" + secrets.token_hex(8)
+        click.echo(f"simulator key (set FAL_KEY to it in clients): {key}")
+    settings["key"] = key
+    if faults:
+        settings["faults"] = FaultPlan.from_yaml(Path(faults))
+    try:
+        config = SimConfig.model_validate(settings)
+    except ValueError as exc:
+        _fail_invalid(exc)
+        return
+    run_forever(config)
+
+
+def _json_out(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))

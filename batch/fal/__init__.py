@@ -1,0 +1,42 @@
+"""Speaks fal's queue protocol; knows nothing about batches, ledgers or manifests."""
+
+from batch.fal.auth import Credentials, credentials_from_env
+from batch.fal.client import DEFAULT_QUEUE_URL, QueueClient, Timeouts, parse_status
+from batch.fal.errors import (
+    AmbiguousSubmitError,
+    AuthError,
+    ConnectError,
+    FalError,
+    NotFoundError,
+    PermanentError,
+    RateLimitedError,
+    StartTimeoutError,
+    TransientError,
+    is_retryable,
+)
+from batch.fal.types import Completed, InProgress, LogEntry, Queued, RequestHandle, Status
+
+__all__ = [
+    "DEFAULT_QUEUE_URL",
+    "AmbiguousSubmitError",
+    "AuthError",
+    "Completed",
+    "ConnectError",
+    "Credentials",
+    "FalError",
+    "InProgress",
+    "LogEntry",
+    "NotFoundError",
+    "PermanentError",
+    "QueueClient",
+    "Queued",
+    "RateLimitedError",
+    "RequestHandle",
+    "StartTimeoutError",
+    "Status",
+    "Timeouts",
+    "TransientError",
+    "credentials_from_env",
+    "is_retryable",
+    "parse_status",
+]

@@ -1,0 +1,54 @@
+"""Typed values the client returns: a request handle and the three queue statuses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RequestHandle:
+    """Everything needed to find a queued request again (the ledger stores these fields)."""
+
+    endpoint: str
+    request_id: str
+    status_url: str
+    response_url: str
+    cancel_url: str
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    message: str
+    timestamp: str | None = None
+    level: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class Queued:
+    """IN_QUEUE. `position` is the number of requests ahead of this one."""
+
+    position: int
+
+
+@dataclass(frozen=True)
+class InProgress:
+    logs: tuple[LogEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class Completed:
+    """COMPLETED. fal has no FAILED status: a failure is `error` + `error_type` here."""
+
+    logs: tuple[LogEntry, ...] = ()
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or self.error_type is not None
+
+
+Status = Queued | InProgress | Completed

@@ -1,0 +1,312 @@
+"""Job files (``jobs/*.yaml``): the settings of a run, and the manifest they apply to.
+
+```yaml
+manifest: ../manifests/catalog.csv   # required; relative to this file's folder
+name: catalog                        # default: this file's stem
+endpoint: fal-ai/firered-image-edit
+queue: local                         # the embedded simulator, or a URL (https://queue.fal.run)
+concurrency: 8                       # requests in flight
+rate: 10                             # submits per second
+wait: poll                           # poll | stream
+retries: {attempts: 5, backoff_min: 0.5, backoff_max: 30}
+output: outputs/catalog              # default outputs/<name>; relative to the current directory
+filename: "{key}_{index}.{ext}"      # fields: key, index, ext, seed
+defaults: {num_images: 2}            # input fields under every item (manifest and rows win)
+priority: low                        # normal | low | unset
+start_timeout: 600                   # seconds an item may stay queued; unset: no limit
+deadline: 1800                       # seconds per item, end to end; unset: no limit
+sim: {capacity: 4, latency: "uniform:0.2,0.8", seed: 1}   # for queue: local
+```
+
+Paths. A `JobSpec` holds absolute, resolved paths, made so in one place,
+`JobSpec._resolve_paths`: ``manifest`` against the job file's folder (`load_job`), or the
+current directory (`JobSpec.for_manifest`, direct construction); ``output`` against the current
+directory of the run, i.e. the project root when the tool is run from there, as cron and the
+Makefile do. (Image paths in ``defaults``, once local files are supported, are relative to the
+job file's folder too.)
+
+Errors: `load_job` raises `JobError` listing every problem as ``file:line: field: reason``
+(``jobs/x.yaml:3: retries.attempts: Input should be greater than or equal to 1``);
+`JobSpec.for_manifest` and `JobSpec.with_overrides` list them as ``field: reason``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from batch.manifest.errors import (
+    NESTED_ERROR,
+    display_path,
+    format_loc,
+    validation_problems,
+)
+from batch.manifest.fields import check_fields, validate_id
+from batch.manifest.yamlfile import (
+    YamlFileError,
+    compose_file,
+    construct,
+    duplicate_keys,
+    find_line,
+    line_of,
+)
+from batch.schema import DEFAULT_ENDPOINT
+
+DEFAULT_QUEUE = "https://queue.fal.run"
+LOCAL_QUEUE = "local"
+FILENAME_FIELDS = ("key", "index", "ext", "seed")
+
+WaitMode = Literal["poll", "stream"]  # "webhook" joins when the receiver exists
+
+_ENDPOINT_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")
+_URL_RE = re.compile(r"https?://[^\s/?#]+(/\S*)?", re.IGNORECASE)
+_NUMBER = r"\d+(\.\d+)?"
+_LATENCY_RE = re.compile(rf"(fixed:)?{_NUMBER}|(uniform|lognormal):{_NUMBER},{_NUMBER}")
+
+
+class JobError(ValueError):
+    """A job file or settings that cannot be used. ``errors``: ``file:line: field: reason``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+def _fail(message: str) -> PydanticCustomError:
+    return PydanticCustomError("job_setting", message)
+
+
+class RetrySpec(BaseModel):
+    """Retries of transient failures: exponential back-off with full jitter, capped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempts: int = Field(default=5, ge=1)
+    backoff_min: float = Field(default=0.5, ge=0)
+    backoff_max: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetrySpec:
+        if self.backoff_max < self.backoff_min:
+            raise _fail("backoff_max must not be less than backoff_min")
+        return self
+
+
+class SimSpec(BaseModel):
+    """The embedded simulator, for ``queue: local``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    capacity: int = Field(default=4, ge=1)
+    latency: str = "uniform:0.2,0.8"  # fixed:S | uniform:LO,HI | lognormal:MEAN,SIGMA | S
+    seed: int = 0
+
+    @field_validator("latency")
+    @classmethod
+    def _latency(cls, value: str) -> str:
+        if not _LATENCY_RE.fullmatch(value.strip()):
+            why = "must be fixed:S, uniform:LO,HI, lognormal:MEAN,SIGMA or seconds"
+            raise _fail(why)
+        return value.strip()
+
+
+class JobSpec(BaseModel):
+    """The settings of one run (see the module docstring for each field)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    manifest: Path
+    name: str = ""  # set by _resolve_paths (from the manifest's or job file's stem)
+    endpoint: str = DEFAULT_ENDPOINT
+    queue: str = DEFAULT_QUEUE
+    concurrency: int = Field(default=8, ge=1)
+    rate: float = Field(default=10.0, gt=0)
+    wait: WaitMode = "poll"
+    retries: RetrySpec = RetrySpec()
+    output: Path = Path()  # set by _resolve_paths (outputs/<name>)
+    filename: str = "{key}_{index}.{ext}"
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    priority: Literal["normal", "low"] | None = None
+    start_timeout: float | None = Field(default=None, gt=0)
+    deadline: float | None = Field(default=None, gt=0)
+    sim: SimSpec = SimSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_paths(cls, data: Any, info: ValidationInfo) -> Any:
+        """The one place where paths become absolute (see the module docstring).
+
+        The validation context may give ``base_dir``, the folder ``manifest`` is relative to
+        (the job file's); without it, the current directory. ``name`` defaults to the
+        manifest's stem, ``output`` to ``outputs/<name>``, relative to the current directory.
+        """
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        context = info.context if isinstance(info.context, Mapping) else {}
+        base_dir = Path(context.get("base_dir") or Path.cwd())
+        manifest = data.get("manifest")
+        if isinstance(manifest, str | os.PathLike) and str(manifest):
+            data["manifest"] = (base_dir / Path(manifest).expanduser()).resolve()
+            if data.get("name") is None:
+                data["name"] = data["manifest"].stem
+        output = data.get("output")
+        if output is None and isinstance(data.get("name"), str):
+            output = Path("outputs") / data["name"]
+        if isinstance(output, str | os.PathLike) and str(output):
+            data["output"] = (Path.cwd() / Path(output).expanduser()).resolve()
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        try:
+            return validate_id(value)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not _ENDPOINT_RE.fullmatch(value):
+            raise _fail("must look like 'owner/app' or 'owner/app/path'")
+        return value
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str) -> str:
+        if value != LOCAL_QUEUE and not _URL_RE.fullmatch(value):
+            raise _fail("must be 'local' or an http(s) URL")
+        return value
+
+    @field_validator("filename")
+    @classmethod
+    def _filename(cls, value: str) -> str:
+        check_filename_template(value)
+        return value
+
+    @field_validator("defaults")
+    @classmethod
+    def _defaults(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        context = info.context if isinstance(info.context, Mapping) else {}
+        base_dir = Path(context.get("base_dir") or Path.cwd())
+        values, problems = check_fields(value, base_dir)
+        if problems:
+            detail = "; ".join(f"{format_loc(loc)}: {why}" for loc, why in problems)
+            context = {"detail": detail, "problems": problems}
+            raise PydanticCustomError(NESTED_ERROR, "{detail}", context)
+        return values
+
+    @property
+    def local(self) -> bool:
+        """True when the run uses the embedded simulator."""
+        return self.queue == LOCAL_QUEUE
+
+    @classmethod
+    def for_manifest(cls, manifest_path: str | os.PathLike[str], **overrides: Any) -> JobSpec:
+        """Settings to run a manifest without a job file: name = the manifest's stem.
+
+        ``overrides`` set fields (None ones are ignored); the manifest path is relative to the
+        current directory.
+        """
+        data = {k: v for k, v in overrides.items() if v is not None}
+        return _validated({**data, "manifest": manifest_path}, context=None)
+
+    def with_overrides(self, **overrides: Any) -> JobSpec:
+        """A validated copy with the non-None ``overrides`` applied (CLI flags).
+
+        A mapping given for ``retries``, ``sim`` or ``defaults`` is merged into the current one.
+        If ``name`` changes and ``output`` was the default, ``output`` follows the new name.
+        """
+        updates = {k: v for k, v in overrides.items() if v is not None}
+        if not updates:
+            return self
+        data = self.model_dump()
+        for key, value in updates.items():
+            current = data.get(key)
+            if isinstance(current, dict) and isinstance(value, Mapping):
+                data[key] = {**current, **value}
+            else:
+                data[key] = value
+        default_output = (Path.cwd() / "outputs" / self.name).resolve()
+        if "name" in updates and "output" not in updates and self.output == default_output:
+            del data["output"]
+        return _validated(data, context=None)
+
+
+def check_filename_template(template: str) -> None:
+    """Raise PydanticCustomError unless ``template`` names files inside the output folder.
+
+    Allowed fields: {key}, {index}, {ext}, {seed}, with format specs (``{index:03d}``); {key}
+    and {index} are required, so that names are unique.
+    """
+    try:
+        names = {n for _, n, _, _ in string.Formatter().parse(template) if n is not None}
+    except ValueError as exc:
+        raise _fail(f"not a valid template ({exc})") from None
+    unknown = sorted(names - set(FILENAME_FIELDS))
+    if unknown:
+        raise _fail(f"unknown field {{{unknown[0]}}} (allowed: key, index, ext, seed)")
+    if not {"key", "index"} <= names:
+        raise _fail("must contain {key} and {index}")
+    try:
+        template.format(key="k", index=0, ext="png", seed=0)
+    except ValueError as exc:
+        raise _fail(f"not a valid template ({exc})") from None
+    if template.startswith("/") or "\\" in template or ".." in PurePosixPath(template).parts:
+        raise _fail("must be a relative name inside the output folder")
+
+
+def _validated(data: Mapping[str, Any], *, context: Mapping[str, Any] | None) -> JobSpec:
+    try:
+        return JobSpec.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise JobError(
+            [f"{format_loc(loc)}: {why}" for loc, why in validation_problems(exc)]
+        ) from None
+
+
+def load_job(path: str | os.PathLike[str]) -> JobSpec:
+    """Read and validate a job file; every problem is reported as ``file:line: field: reason``."""
+    job = Path(path)
+    name = display_path(job)
+    try:
+        root = compose_file(job)
+        data = {} if root is None else construct(root)
+    except YamlFileError as exc:
+        where = name if exc.line is None else f"{name}:{exc.line}"
+        raise JobError([f"{where}: {exc.reason}"]) from None
+    if root is not None and not isinstance(root, yaml.MappingNode):
+        raise JobError([f"{name}:{line_of(root)}: expected a mapping of settings"])
+    problems: list[tuple[int, str]] = []
+    if isinstance(root, yaml.MappingNode):
+        problems = [(line, f"{key}: duplicate key") for key, line in duplicate_keys(root)]
+    data = dict(data)
+    data.setdefault("name", job.stem)
+    spec = None
+    try:
+        spec = JobSpec.model_validate(data, context={"base_dir": job.resolve().parent})
+    except ValidationError as exc:
+        for loc, why in validation_problems(exc):
+            line = 1 if root is None else find_line(root, loc)
+            problems.append((line, f"{format_loc(loc)}: {why}"))
+    if spec is None or problems:
+        problems.sort(key=lambda p: p[0])
+        raise JobError([f"{name}:{line}: {text}" for line, text in problems])
+    return spec

@@ -1,0 +1,55 @@
+"""The results ledger: the SQLite state of every item, the one source of truth.
+
+    ledger/
+      models.py      ItemState, ItemRow, PlanResult, errors, canonical request hash
+      migrations.py  named migrations (m001_initial, ...) recorded in `migrations`
+      plan.py        Ledger.plan: manifest ⇄ ledger reconciliation in bounded memory
+      store.py       Ledger: open, transitions, reads, runs
+      export.py      results.csv / results.jsonl, derived and written atomically
+
+Secrets: the ledger stores only what callers hand it and never reads a key itself. Callers
+must not pass secrets (the API key, auth headers) in requests, messages or settings; run
+settings with credential-like names are redacted as a second guard (DESIGN invariant 6).
+"""
+
+from batch.ledger.export import CSV_NAME, JSONL_NAME, ExportPaths, export_results
+from batch.ledger.migrations import MIGRATIONS, migration
+from batch.ledger.models import (
+    Conflict,
+    FailureGroup,
+    InvalidTransitionError,
+    ItemLike,
+    ItemRow,
+    ItemState,
+    LedgerError,
+    PlanResult,
+    UnknownItemError,
+    canonical_json,
+    redact,
+    request_hash,
+)
+from batch.ledger.store import LEDGER_FILE, REATTACH_KINDS, Ledger
+
+__all__ = [
+    "CSV_NAME",
+    "JSONL_NAME",
+    "LEDGER_FILE",
+    "MIGRATIONS",
+    "REATTACH_KINDS",
+    "Conflict",
+    "ExportPaths",
+    "FailureGroup",
+    "InvalidTransitionError",
+    "ItemLike",
+    "ItemRow",
+    "ItemState",
+    "Ledger",
+    "LedgerError",
+    "PlanResult",
+    "UnknownItemError",
+    "canonical_json",
+    "export_results",
+    "migration",
+    "redact",
+    "request_hash",
+]

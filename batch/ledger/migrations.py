@@ -1,0 +1,127 @@
+"""Named schema migrations, applied in order, each in its own transaction with its record.
+
+In the manner of sqlite-utils' migrations: a migration is a function decorated with
+`@migration`, named `mNNN_what`; `migrate()` applies those not yet recorded in the `migrations`
+table. Never edit one that has shipped: add the next. A later table is one more function:
+
+    @migration
+    def m002_uploads(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE uploads (...)")
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register `fn` as the next migration, under its function name."""
+    name = fn.__name__
+    if any(existing == name for existing, _ in MIGRATIONS):
+        raise ValueError(f"duplicate migration name {name!r}")
+    MIGRATIONS.append((name, fn))
+    return fn
+
+
+def applied_migrations(conn: sqlite3.Connection) -> list[str]:
+    """Names of the applied migrations, in the order they were applied."""
+    rows = conn.execute("SELECT name FROM migrations ORDER BY applied_at, rowid").fetchall()
+    return [row[0] for row in rows]
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply the pending migrations; return the names applied now. `conn` is in autocommit
+    mode (isolation_level=None). Safe against another process migrating at the same time."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+    done: list[str] = []
+    for name, fn in MIGRATIONS:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
+                conn.execute("COMMIT")
+                continue
+            fn(conn)
+            conn.execute(
+                "INSERT INTO migrations (name, applied_at) VALUES (?, ?)", (name, time.time())
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        done.append(name)
+    return done
+
+
+@migration
+def m001_initial(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE items (
+            key TEXT PRIMARY KEY,
+            source TEXT NOT NULL DEFAULT '',
+            endpoint TEXT NOT NULL,
+            request TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending'
+                CHECK (state IN ('pending', 'submitted', 'completed', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            request_id TEXT,
+            status_url TEXT,
+            response_url TEXT,
+            cancel_url TEXT,
+            possible_duplicate INTEGER NOT NULL DEFAULT 0,
+            not_before REAL,
+            error_kind TEXT,
+            error_message TEXT,
+            seed INTEGER,
+            timings TEXT,
+            nsfw TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            submitted_at REAL,
+            completed_at REAL,
+            run_id INTEGER,
+            in_manifest INTEGER NOT NULL DEFAULT 1
+        )
+        """
+    )
+    conn.execute("CREATE INDEX items_state ON items (state)")
+    # Keyset pagination of the work queue (iter_work) walks only unfinished rows.
+    conn.execute("CREATE INDEX items_work ON items (key) WHERE state IN ('pending', 'submitted')")
+    conn.execute(
+        """
+        CREATE TABLE outputs (
+            item_key TEXT NOT NULL REFERENCES items (key) ON DELETE CASCADE,
+            idx INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            url TEXT,
+            bytes INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            width INTEGER,
+            height INTEGER,
+            content_type TEXT,
+            PRIMARY KEY (item_key, idx)
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            settings TEXT NOT NULL,
+            counts TEXT,
+            exit_code INTEGER
+        )
+        """
+    )

@@ -1,0 +1,36 @@
+"""Manifests: YAML, CSV or JSONL files → a validated stream of `EditItem`.
+
+The format is chosen by the extension (``.yaml``/``.yml``, ``.csv``, ``.jsonl``); see
+`batch.manifest.yaml_reader` and `batch.manifest.readers` for what each may say. Every item is
+one request: its fields are the job's defaults, then the manifest's ``defaults:``, then the
+row's own fields (later wins), validated by `batch.schema.EditInput`.
+
+- `scan` reads everything once, without network, and reports every problem as
+  ``file:line: field: reason`` (a `ManifestError`), with counts for planning;
+- `iter_items` streams the valid items, one row in memory at a time;
+- `load` does both: a scanned `Manifest` whose iteration yields the items.
+
+An item's key is its ``id`` if given, else ``h`` + 20 hex digits of `request_hash`. Identical
+rows collapse into one item with a warning; two different requests with the same ``id`` are an
+error.
+"""
+
+from batch.manifest.errors import ManifestError
+from batch.manifest.fields import ImageRefError, check_fields, resolve_image_ref, validate_id
+from batch.manifest.items import EditItem, request_hash
+from batch.manifest.scan import Manifest, ManifestScan, iter_items, load, scan
+
+__all__ = [
+    "EditItem",
+    "ImageRefError",
+    "Manifest",
+    "ManifestError",
+    "ManifestScan",
+    "check_fields",
+    "iter_items",
+    "load",
+    "request_hash",
+    "resolve_image_ref",
+    "scan",
+    "validate_id",
+]

@@ -1,0 +1,180 @@
+"""CSV and JSONL manifests → a stream of raw rows (``Row``) and problems, one row at a time.
+
+CSV: a header row, then one item per row (RFC 4180: quoted cells may hold commas, quotes and
+newlines; a row's line is the line where it starts). Columns: ``id`` (optional), ``prompt``,
+``image_urls`` (or ``image_url`` / ``images``) split on ``|``, and any other input field. An
+empty or missing cell means "use the default"; a column the endpoint does not take is an error
+on the header line. Cells are trimmed, except ``prompt`` and
+``negative_prompt``, which are kept verbatim. Values stay strings: pydantic converts them by
+the field's type (``42``, ``4.5``, ``true/false/1/0/yes/no``); ``image_size`` takes a preset,
+``WIDTHxHEIGHT`` or a JSON object.
+
+JSONL: one JSON object per line, the request body plus an optional ``id``; blank lines are
+skipped.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from batch.manifest.errors import Problem
+from batch.manifest.fields import FIELDS, IMAGE_ALIASES, IMAGE_FIELD
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One item as written in the file, before defaults and validation."""
+
+    line: int
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Defaults declared by the manifest itself (YAML ``defaults:``), already checked."""
+
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadContext:
+    base_dir: Path  # the manifest's folder, for relative image paths
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # the job's defaults
+
+
+Event = Row | Problem | Defaults
+
+VERBATIM = frozenset({"prompt", "negative_prompt"})
+
+
+class _Lines:
+    """Feeds csv.reader one decoded line at a time and counts the lines it has taken.
+
+    Decoding line by line (not by buffer) puts a UTF-8 error on its exact line.
+    """
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.count = 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self._fh)
+        self.count += 1
+        return _decode(raw, self.count)
+
+
+def _decode(raw: bytes, number: int) -> str:
+    if number == 1 and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    return raw.decode("utf-8")
+
+
+def _cell(column: str, text: str) -> Any:
+    if column == IMAGE_FIELD:
+        return [part.strip() for part in text.split("|")]
+    value = text if column in VERBATIM else text.strip()
+    if column == "image_size" and value.startswith("{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value  # reported as a bad image_size
+    return value
+
+
+def _plan_columns(
+    header: list[str], line: int, ctx: ReadContext
+) -> tuple[list[str | None], list[Problem]]:
+    """The field each column feeds (None: ignored), and the header's problems."""
+    columns: list[str | None] = []
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    for number, raw in enumerate(header, 1):
+        name = raw.strip()
+        target: str | None = IMAGE_FIELD if name in IMAGE_ALIASES else name
+        if not name:
+            problems.append(Problem(line, (), f"column {number} has no name (ignored)", "warning"))
+            target = None
+        elif target != "id" and target not in FIELDS:
+            problems.append(Problem(line, (name,), "unknown field"))
+            target = None
+        elif target in seen:
+            why = "duplicate column" if seen[target] == name else f"conflicts with {seen[target]}"
+            problems.append(Problem(line, (name,), why))
+            target = None
+        else:
+            seen[target] = name
+        columns.append(target)
+    for needed in ("prompt", IMAGE_FIELD):
+        if needed not in seen and needed not in ctx.defaults:
+            why = f"no '{needed}' column (and no default {needed})"
+            problems.append(Problem(line, (), why, "fatal"))
+    return columns, problems
+
+
+def read_csv(path: Path, ctx: ReadContext) -> Iterator[Event]:
+    with path.open("rb") as fh:
+        lines = _Lines(fh)
+        reader = csv.reader(lines, strict=True)
+        columns: list[str | None] | None = None
+        while True:
+            start = lines.count + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield Problem(start, (), f"CSV error: {exc}", "fatal")
+                return
+            except UnicodeDecodeError as exc:
+                yield Problem(
+                    lines.count, (), f"not valid UTF-8 (byte {exc.start + 1} of the line)", "fatal"
+                )
+                return
+            if not any(c.strip() for c in cells):
+                continue  # blank line, or a row of empty cells
+            if columns is None:
+                columns, problems = _plan_columns(cells, start, ctx)
+                yield from problems
+                if any(p.kind == "fatal" for p in problems):
+                    return
+                continue
+            if len(cells) > len(columns):
+                why = f"row has {len(cells)} cells, the header has {len(columns)}"
+                yield Problem(start, (), why)
+                continue
+            data = {
+                column: _cell(column, text)
+                for column, text in zip(columns, cells, strict=False)
+                if column is not None and text.strip()
+            }
+            yield Row(start, data)
+
+
+def read_jsonl(path: Path, ctx: ReadContext) -> Iterator[Event]:
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                line = _decode(raw, number)
+            except UnicodeDecodeError as exc:
+                yield Problem(number, (), f"not valid UTF-8 (byte {exc.start + 1} of the line)")
+                continue
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as exc:
+                yield Problem(number, (), f"invalid JSON: {exc.msg} (column {exc.colno})")
+                continue
+            if not isinstance(value, dict):
+                yield Problem(number, (), "expected a JSON object")
+                continue
+            yield Row(number, value)

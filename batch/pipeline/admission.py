@@ -1,0 +1,74 @@
+"""Admission: when may the next request be submitted?
+
+Two separate tools, as in arq and aiolimiter: a counter of requests in flight (submitted and not
+yet answered) against the concurrency limit, and a submit-rate limiter (asyncio-throttle). On a
+429 the whole admission slows down — the rate is halved and submits pause for Retry-After — and
+recovers additively with each accepted submit (AIMD).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+from asyncio_throttle.throttler import Throttler
+
+_SMOOTH_RATE = 20.0  # up to this rate, pace one submit per 1/rate s instead of bursts
+
+
+def _throttle_shape(rate: float) -> tuple[int, float]:
+    """(submits per window, window seconds) for a sliding-window limiter that paces evenly."""
+    if rate <= _SMOOTH_RATE:
+        return 1, 1.0 / rate
+    per_window = math.ceil(rate / _SMOOTH_RATE)
+    return per_window, per_window / rate
+
+
+class Admission:
+    def __init__(self, concurrency: int, rate: float, *, min_rate: float = 0.2) -> None:
+        self.concurrency = concurrency
+        self.max_rate = rate
+        self.min_rate = min(min_rate, rate)
+        self.rate = rate
+        self.in_flight = 0
+        self.rate_limited = 0
+        self._paused_until = 0.0
+        self._slots = asyncio.Semaphore(concurrency)
+        self._throttle = Throttler(*_throttle_shape(rate))
+
+    def __repr__(self) -> str:
+        return (
+            f"Admission(in_flight={self.in_flight}/{self.concurrency}, "
+            f"rate={self.rate:.2f}/s, rate_limited={self.rate_limited})"
+        )
+
+    async def acquire_slot(self) -> None:
+        """Wait for room under the concurrency limit, then take a slot."""
+        await self._slots.acquire()
+        self.in_flight += 1
+
+    def release_slot(self) -> None:
+        self.in_flight -= 1
+        self._slots.release()
+
+    async def before_submit(self) -> None:
+        """Wait out any 429 pause, then the submit rate."""
+        while (delay := self._paused_until - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+        await self._throttle.acquire()  # type: ignore[no-untyped-call]
+
+    def on_rate_limited(self, retry_after: float) -> None:
+        """Multiplicative decrease, and a pause for everyone until Retry-After has passed."""
+        self.rate_limited += 1
+        self._set_rate(max(self.min_rate, self.rate / 2))
+        self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
+
+    def on_accepted(self) -> None:
+        """Additive increase back towards the configured rate."""
+        if self.rate < self.max_rate:
+            self._set_rate(min(self.max_rate, self.rate + max(0.1, self.max_rate / 50)))
+
+    def _set_rate(self, rate: float) -> None:
+        self.rate = rate
+        self._throttle.rate_limit, self._throttle.period = _throttle_shape(rate)

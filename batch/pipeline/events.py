@@ -1,0 +1,125 @@
+"""What a run reports: counters, and progress sinks that observe them.
+
+The pipeline calls `progress.update(stats)` after each change; it never asks whether stdout is a
+TTY. The CLI picks the sink: a tqdm bar on a terminal, periodic plain log lines otherwise (cron),
+or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+log = logging.getLogger("batch.run")
+
+
+@dataclass
+class RunStats:
+    total: int = 0  # items this run works on
+    completed: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    retried: int = 0
+    ambiguous: int = 0
+    status_requests: int = 0
+    submits: int = 0
+    rate_limited: int = 0
+    failed_by_kind: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> float | None:
+        rate = self.rate()
+        return (self.total - self.done) / rate if rate > 0 else None
+
+    def line(self) -> str:
+        eta = self.eta()
+        eta_s = f"{eta:.0f}s" if eta is not None else "?"
+        return (
+            f"{self.done}/{self.total} done: {self.completed} completed, {self.failed} failed, "
+            f"{self.in_flight} in flight, {self.retried} retried; {self.rate():.1f} items/s; "
+            f"eta {eta_s}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "completed": self.completed,
+            "failed": self.failed,
+            "in_flight": self.in_flight,
+            "retried": self.retried,
+            "possible_duplicates": self.ambiguous,
+            "submits": self.submits,
+            "status_requests": self.status_requests,
+            "rate_limited": self.rate_limited,
+            "failed_by_kind": dict(self.failed_by_kind),
+        }
+
+
+class Progress(Protocol):
+    def update(self, stats: RunStats) -> None: ...
+    def close(self, stats: RunStats) -> None: ...
+
+
+class NullProgress:
+    def update(self, stats: RunStats) -> None:
+        pass
+
+    def close(self, stats: RunStats) -> None:
+        pass
+
+
+class LogProgress:
+    """A plain line every `interval` seconds (text or JSON), for cron and pipes."""
+
+    def __init__(self, interval: float = 10.0, json_lines: bool = False) -> None:
+        self.interval = interval
+        self.json_lines = json_lines
+        self._last = 0.0
+
+    def update(self, stats: RunStats) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._emit(stats)
+
+    def close(self, stats: RunStats) -> None:
+        self._emit(stats)
+
+    def _emit(self, stats: RunStats) -> None:
+        if self.json_lines:
+            log.info(json.dumps({"event": "progress", **stats.as_dict()}))
+        else:
+            log.info("progress: %s", stats.line())
+
+
+class TqdmProgress:
+    """A terminal bar: completed + failed over total, with counts by state."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=0, unit="item", dynamic_ncols=True)
+
+    def update(self, stats: RunStats) -> None:
+        self._bar.total = stats.total
+        self._bar.n = stats.done
+        self._bar.set_postfix(
+            ok=stats.completed, failed=stats.failed, flight=stats.in_flight, refresh=False
+        )
+        self._bar.refresh()
+
+    def close(self, stats: RunStats) -> None:
+        self.update(stats)
+        self._bar.close()

@@ -1,0 +1,250 @@
+"""A whole run: validate, plan, start the queue (or the embedded simulator), dispatch, report.
+
+`run_job(spec)` is the library entry point the CLI and notebooks call; it returns a RunSummary
+whose `exit_code` follows the README's table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batch.fal import AuthError, Credentials, QueueClient, credentials_from_env
+from batch.job import JobSpec
+from batch.ledger import Ledger, PlanResult
+from batch.manifest import iter_items, scan
+from batch.outputs import cleanup_temp_files, validate_template
+from batch.pipeline.admission import Admission
+from batch.pipeline.dispatch import Dispatcher, StopSignal
+from batch.pipeline.events import NullProgress, Progress, RunStats
+from batch.pipeline.item import ItemContext
+from batch.pipeline.policy import RetryPolicy
+from batch.pipeline.waiting import Waiter
+
+log = logging.getLogger("batch.run")
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_AUTH, EXIT_STOPPED = 0, 1, 2, 3, 4
+DOWNLOAD_CONCURRENCY = 16
+
+
+@dataclass
+class RunSummary:
+    name: str
+    output_dir: Path
+    exit_code: int
+    counts: dict[str, int] = field(default_factory=dict)
+    plan: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    wall_time: float = 0.0
+    message: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def items_per_second(self) -> float:
+        done = int(self.stats.get("completed", 0)) + int(self.stats.get("failed", 0))
+        return done / self.wall_time if self.wall_time > 0 else 0.0
+
+    @property
+    def status_requests_per_item(self) -> float:
+        done = int(self.stats.get("completed", 0)) + int(self.stats.get("failed", 0))
+        return int(self.stats.get("status_requests", 0)) / max(1, done)
+
+    def text(self) -> str:
+        failed = self.stats.get("failed_by_kind") or {}
+        by_kind = ", ".join(f"{k} {v}" for k, v in sorted(failed.items())) or "none"
+        lines = [
+            f"run {self.name}: {self.message}" if self.message else f"run {self.name}",
+            f"  items: {self.counts.get('completed', 0)} completed, "
+            f"{self.counts.get('failed', 0)} failed, {self.counts.get('pending', 0)} pending, "
+            f"{self.counts.get('submitted', 0)} submitted",
+            f"  this run: {self.stats.get('completed', 0)} completed, failed by kind: {by_kind}, "
+            f"{self.stats.get('retried', 0)} retried, "
+            f"{self.stats.get('possible_duplicates', 0)} possible duplicates",
+            f"  wall time {self.wall_time:.1f} s, {self.items_per_second:.1f} items/s, "
+            f"{self.status_requests_per_item:.2f} status requests per item",
+            f"  images: {self.output_dir / 'images'}",
+            f"  ledger: {self.output_dir / 'ledger.sqlite'}",
+            f"  results: {self.output_dir / 'results.csv'} and results.jsonl",
+        ]
+        return "\n".join(lines)
+
+
+async def run_job(
+    spec: JobSpec,
+    *,
+    progress: Progress | None = None,
+    stop: StopSignal | None = None,
+    handle_signals: bool = False,
+    dry_run: bool = False,
+    policy: RetryPolicy | None = None,
+    credentials: Credentials | None = None,
+) -> RunSummary:
+    """Run (or resume) a job to the end. Raises ManifestError / JobError for invalid input."""
+    started = time.monotonic()
+    progress = progress or NullProgress()
+    validate_template(spec.filename)
+    scanned = scan(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults)
+    output_dir = spec.output
+    summary = RunSummary(spec.name, output_dir, EXIT_OK, warnings=list(scanned.warnings))
+    with Ledger.open(output_dir) as ledger:
+        removed = cleanup_temp_files(output_dir)
+        if removed:
+            log.info("removed %d temporary files left by an interrupted run", removed)
+        items = iter_items(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults)
+        plan = ledger.plan(items)
+        summary.plan = _plan_counts(plan)
+        if dry_run:
+            summary.counts = ledger.counts()
+            summary.message = "dry run: nothing sent"
+            return summary
+        run_id = ledger.start_run(_settings(spec))
+        stop = stop or StopSignal()
+        stats = RunStats(total=plan.to_do)
+        try:
+            with _signals(stop, handle_signals):
+                await _execute(spec, ledger, stats, stop, progress, policy, credentials)
+            summary.exit_code = _exit_code(ledger.counts(), stop)
+            summary.message = _message(stop)
+        except AuthError as exc:
+            summary.exit_code, summary.message = EXIT_AUTH, f"refused by fal: {exc}"
+        finally:
+            progress.close(stats)
+            summary.stats = stats.as_dict()
+            summary.counts = ledger.counts()
+            summary.wall_time = time.monotonic() - started
+            ledger.finish_run(run_id, summary.counts, summary.exit_code)
+            ledger.export(output_dir)
+    return summary
+
+
+async def _execute(
+    spec: JobSpec,
+    ledger: Ledger,
+    stats: RunStats,
+    stop: StopSignal,
+    progress: Progress,
+    policy: RetryPolicy | None,
+    credentials: Credentials | None,
+) -> None:
+    policy = policy or RetryPolicy(
+        attempts=spec.retries.attempts,
+        backoff_min=spec.retries.backoff_min,
+        backoff_max=spec.retries.backoff_max,
+    )
+    async with _queue(spec, credentials) as client:
+        waiter = Waiter(client, policy, mode=spec.wait, slots=spec.concurrency)
+        waiter_count = _counter(stats)
+        waiter._count = waiter_count
+        ctx = ItemContext(
+            client=client,
+            ledger=ledger,
+            admission=Admission(spec.concurrency, spec.rate),
+            waiter=waiter,
+            policy=policy,
+            stats=stats,
+            output_dir=spec.output,
+            filename_template=spec.filename,
+            downloads=asyncio.Semaphore(DOWNLOAD_CONCURRENCY),
+            priority=spec.priority,
+            start_timeout=spec.start_timeout,
+            deadline=spec.deadline,
+            on_change=lambda: progress.update(stats),
+        )
+        dispatcher = Dispatcher(ctx, stop)
+        await dispatcher.run()
+        if dispatcher.fatal is not None:
+            raise dispatcher.fatal
+
+
+def _counter(stats: RunStats) -> Any:
+    def count() -> None:
+        stats.status_requests += 1
+
+    return count
+
+
+@contextlib.asynccontextmanager
+async def _queue(spec: JobSpec, credentials: Credentials | None) -> AsyncIterator[QueueClient]:
+    """A client for fal, or for the embedded simulator when `queue: local`."""
+    if spec.queue != "local":
+        creds = credentials or credentials_from_env()
+        async with QueueClient(
+            base_url=spec.queue, credentials=creds, max_connections=_connections(spec)
+        ) as client:
+            yield client
+        return
+    from batch.sim import SimConfig, Simulator
+
+    # A fresh key for the local server: a real FAL_KEY is never sent to it.
+    key = "local-" + secrets.token_hex(12)
+    config = SimConfig.model_validate(
+        {
+            "capacity": spec.sim.capacity,
+            "latency": spec.sim.latency,
+            "seed": spec.sim.seed,
+            "key": key,
+        }
+    )
+    async with (
+        Simulator(config) as sim,
+        QueueClient(
+            base_url=sim.url, credentials=Credentials(key), max_connections=_connections(spec)
+        ) as client,
+    ):
+        yield client
+
+
+def _connections(spec: JobSpec) -> int:
+    return max(100, spec.concurrency * 2 + DOWNLOAD_CONCURRENCY)
+
+
+@contextlib.contextmanager
+def _signals(stop: StopSignal, enabled: bool) -> Any:
+    if not enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.request, "interrupted")
+    loop.add_signal_handler(signal.SIGTERM, stop.request, "terminated")
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def _plan_counts(plan: PlanResult) -> dict[str, int]:
+    return {
+        "new": plan.new,
+        "completed": plan.completed,
+        "resume": plan.resume,
+        "changed": plan.changed,
+        "missing": plan.missing,
+    }
+
+
+def _settings(spec: JobSpec) -> dict[str, Any]:
+    """The run's settings for the runs table: everything but secrets (there are none in it)."""
+    return spec.model_dump(mode="json")
+
+
+def _exit_code(counts: dict[str, int], stop: StopSignal) -> int:
+    if stop.draining.is_set():
+        return EXIT_STOPPED
+    if counts.get("pending", 0) or counts.get("submitted", 0):
+        return EXIT_STOPPED
+    return EXIT_FAILED if counts.get("failed", 0) else EXIT_OK
+
+
+def _message(stop: StopSignal) -> str:
+    if stop.draining.is_set():
+        return f"stopped early ({stop.reason}); run the same command again to resume"
+    return "finished"

@@ -1,0 +1,125 @@
+"""Waiting for a request to complete: adaptive polling, or the status stream.
+
+Polls are scheduled from what is known: a queued request's position and the service times
+observed so far (fal's `metrics.inference_time`), so a request is asked about near the moment it
+is likely to be done rather than at a fixed beat. All polls share one cap on status requests per
+second. Transient status failures are retried here with back-off: status is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from asyncio_throttle.throttler import Throttler
+
+from batch.fal import Completed, InProgress, QueueClient, Queued, RequestHandle, Status
+from batch.fal.errors import RateLimitedError, TransientError
+from batch.pipeline.policy import RetryPolicy
+
+MIN_INTERVAL = 0.05
+MAX_INTERVAL = 5.0
+_STATUS_RETRIES = 6
+
+
+class ServiceTimes:
+    """A running estimate (EWMA) of how long a request runs once started."""
+
+    def __init__(self, initial: float = 1.0, weight: float = 0.2) -> None:
+        self.estimate = initial
+        self.samples = 0
+        self._weight = weight
+
+    def record(self, seconds: float) -> None:
+        if seconds <= 0:
+            seconds = 0.0
+        if self.samples == 0:
+            self.estimate = seconds
+        else:
+            self.estimate += self._weight * (seconds - self.estimate)
+        self.samples += 1
+
+
+def next_poll(status: Status, service: ServiceTimes, running_for: float, slots: int) -> float:
+    """Seconds until the next status request, from what this status says."""
+    expected = max(service.estimate, MIN_INTERVAL)
+    if isinstance(status, Queued):
+        # `position` requests are ahead; `slots` run at once; ours then runs ~`expected`.
+        wait = (status.position // max(slots, 1) + 1) * expected
+        return min(MAX_INTERVAL, max(MIN_INTERVAL, wait / 2))
+    remaining = expected - running_for
+    if remaining > MIN_INTERVAL:
+        return min(MAX_INTERVAL, remaining)
+    # Past the estimate: back off gently, so a slow request costs few extra polls.
+    return min(MAX_INTERVAL, max(MIN_INTERVAL, 0.25 * expected, 0.1 * running_for))
+
+
+class Waiter:
+    """Waits for Completed by polling or streaming; counts status requests."""
+
+    def __init__(
+        self,
+        client: QueueClient,
+        policy: RetryPolicy,
+        *,
+        mode: str = "poll",
+        slots: int = 2,
+        status_rate: float = 200.0,
+        on_status_request: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.client = client
+        self.policy = policy
+        self.mode = mode
+        self.slots = slots
+        self.service = ServiceTimes()
+        self._budget = Throttler(rate_limit=max(1, int(status_rate)), period=1.0)
+        self._count = on_status_request
+
+    async def wait(self, handle: RequestHandle) -> Completed:
+        if self.mode == "stream":
+            try:
+                return await self._stream(handle)
+            except TransientError:
+                pass  # a dropped or refused stream: polling still finds the answer
+        return await self._poll(handle)
+
+    async def _stream(self, handle: RequestHandle) -> Completed:
+        self._count()
+        async for status in self.client.stream_status(handle):
+            if isinstance(status, Completed):
+                self._learn(status)
+                return status
+        raise TransientError("status stream ended without COMPLETED")
+
+    async def _poll(self, handle: RequestHandle) -> Completed:
+        started: float | None = None
+        while True:
+            status = await self._status(handle)
+            if isinstance(status, Completed):
+                self._learn(status)
+                return status
+            now = time.monotonic()
+            if isinstance(status, InProgress) and started is None:
+                started = now
+            running_for = now - started if started is not None else 0.0
+            await asyncio.sleep(next_poll(status, self.service, running_for, self.slots))
+
+    async def _status(self, handle: RequestHandle) -> Status:
+        failures = 0
+        while True:
+            await self._budget.acquire()  # type: ignore[no-untyped-call]
+            self._count()
+            try:
+                return await self.client.status(handle)
+            except (TransientError, RateLimitedError) as exc:
+                failures += 1
+                if failures >= _STATUS_RETRIES:
+                    raise
+                retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
+                await asyncio.sleep(self.policy.backoff(failures, retry_after))
+
+    def _learn(self, status: Completed) -> None:
+        inference = status.metrics.get("inference_time")
+        if isinstance(inference, int | float) and not status.failed:
+            self.service.record(float(inference))

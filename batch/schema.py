@@ -1,0 +1,93 @@
+"""The FireRed Image Edit endpoint's input and output, as fal documents them.
+
+`fal-ai/firered-image-edit` (fal.ai/models/fal-ai/firered-image-edit/api). Nothing else lives
+here: the simulator validates submits with `EditInput`, the client and the pipeline read results
+with `EditOutput`. Unknown input fields are rejected (fal answers 422 for them too).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_ENDPOINT = "fal-ai/firered-image-edit"
+
+
+class ImageSizePreset(StrEnum):
+    square_hd = "square_hd"
+    square = "square"
+    portrait_4_3 = "portrait_4_3"
+    portrait_16_9 = "portrait_16_9"
+    landscape_4_3 = "landscape_4_3"
+    landscape_16_9 = "landscape_16_9"
+
+
+# fal's pixel sizes for the named presets (the same table across its image endpoints).
+PRESET_PIXELS: dict[ImageSizePreset, tuple[int, int]] = {
+    ImageSizePreset.square_hd: (1024, 1024),
+    ImageSizePreset.square: (512, 512),
+    ImageSizePreset.portrait_4_3: (768, 1024),
+    ImageSizePreset.portrait_16_9: (576, 1024),
+    ImageSizePreset.landscape_4_3: (1024, 768),
+    ImageSizePreset.landscape_16_9: (1024, 576),
+}
+
+
+class ImageSize(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    width: Annotated[int, Field(gt=0, le=14142)]
+    height: Annotated[int, Field(gt=0, le=14142)]
+
+
+class EditInput(BaseModel):
+    """The request body of one edit. `image_size=None` means "the first input's size"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Annotated[str, Field(min_length=1)]
+    image_urls: Annotated[list[str], Field(min_length=1)]
+    image_size: ImageSizePreset | ImageSize | None = None
+    num_inference_steps: Annotated[int, Field(ge=2, le=50)] = 30
+    seed: int | None = None
+    guidance_scale: Annotated[float, Field(ge=0, le=20)] = 4.0
+    sync_mode: bool = False
+    num_images: Annotated[int, Field(ge=1, le=4)] = 1
+    enable_safety_checker: bool = True
+    output_format: Literal["jpeg", "png"] = "png"
+    negative_prompt: str = ""
+    acceleration: Literal["none", "regular", "high"] = "regular"
+
+
+def image_size_pixels(size: ImageSizePreset | ImageSize | None) -> tuple[int, int] | None:
+    """(width, height) for a size setting, or None when the input's own size applies."""
+    if size is None:
+        return None
+    if isinstance(size, ImageSize):
+        return size.width, size.height
+    return PRESET_PIXELS[size]
+
+
+class OutputImage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    url: str
+    width: int | None = None
+    height: int | None = None
+    content_type: str | None = None
+    file_name: str | None = None
+    file_size: int | None = None
+
+
+class EditOutput(BaseModel):
+    """The bare model output served by the result endpoint (no envelope)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    images: list[OutputImage]
+    timings: dict[str, float] = Field(default_factory=dict)
+    seed: int | None = None
+    has_nsfw_concepts: list[bool] = Field(default_factory=list)
+    prompt: str | None = None

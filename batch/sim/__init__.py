@@ -1,0 +1,29 @@
+"""A fal-compatible local queue simulator (fal-protocol.md), with a seeded fault plan.
+
+    async with Simulator(SimConfig(capacity=2, latency="uniform:0.1,0.3")) as sim:
+        sim.url, sim.key, sim.counters, sim.jobs
+
+Modules: `config` (SimConfig, Latency), `faults` (FaultPlan, FaultRule), `counters`, `paths`,
+`jobs` (records, outcomes, status bodies), `model` (queue and slots), `gateway` (counting,
+faults and auth middlewares), `app` (routes), `server` (Simulator, run_forever), `tls`;
+`imaging` and `storage` hold the pixels and the file store.
+"""
+
+from batch.sim.config import Latency, SimConfig
+from batch.sim.counters import Counters, payload_hash
+from batch.sim.faults import FaultPlan, FaultRule
+from batch.sim.jobs import JobRecord
+from batch.sim.server import Simulator, run_forever, serve
+
+__all__ = [
+    "Counters",
+    "FaultPlan",
+    "FaultRule",
+    "JobRecord",
+    "Latency",
+    "SimConfig",
+    "Simulator",
+    "payload_hash",
+    "run_forever",
+    "serve",
+]

@@ -1,0 +1,271 @@
+"""The queue routes of fal-protocol.md §1-§4 over the model, and the admin routes.
+
+    POST /{endpoint id}                          submit
+    GET  /{root}/requests/{id}/status            status (202 waiting or running, 200 completed)
+    GET  /{root}/requests/{id}/status/stream     status as server-sent events
+    GET  /{root}/requests/{id}[/response]        result (the model's answer, replayed)
+    PUT  /{root}/requests/{id}/cancel            cancel
+    GET  /_sim/counters, /_sim/jobs, /_sim/health   admin, no auth
+
+The storage routes (`storage.py`) are registered first; the queue routes are catch-alls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from typing import Any
+
+from aiohttp import web
+
+from batch.sim import jobs
+from batch.sim.config import SimConfig
+from batch.sim.counters import Counters, payload_hash
+from batch.sim.faults import FaultInjector
+from batch.sim.gateway import (
+    REQUEST_ID_HEADER,
+    auth_middleware,
+    faults_middleware,
+    json_response,
+    observe_middleware,
+    rate_limited,
+)
+from batch.sim.jobs import COMPLETED, Job
+from batch.sim.model import Model
+from batch.sim.paths import Target, endpoint_root, parse_request_path, segments
+from batch.sim.storage import FileStore, storage_routes
+
+TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
+START_TIMEOUT_HEADERS = ("X-Fal-Request-Start-Timeout", "X-Fal-Request-Timeout")
+MIN_START_TIMEOUT_S = 0.1
+NOT_FOUND = {"status": "NOT_FOUND"}
+
+
+class SubmitBucket:
+    """A token bucket for `max_submits_per_second`: the excess gets 429 with Retry-After."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def take(self) -> float:
+        """0 when a submit may pass now, else the seconds until one may."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+def _query_error(name: str, msg: str) -> web.Response:
+    item = {"loc": ["query", name], "msg": msg, "type": "int_parsing"}
+    return json_response({"detail": [item]}, 422)
+
+
+def _body_error(loc: list[Any], msg: str, kind: str) -> web.Response:
+    return json_response({"detail": [{"loc": ["body", *loc], "msg": msg, "type": kind}]}, 422)
+
+
+def start_timeout(request: web.Request) -> float | None:
+    """The start deadline in seconds; Start-Timeout wins over the deprecated header."""
+    for name in START_TIMEOUT_HEADERS:
+        try:
+            value = float(request.headers.get(name, ""))
+        except ValueError:
+            continue
+        if value > 0 and math.isfinite(value):
+            return max(value, MIN_START_TIMEOUT_S)
+    return None
+
+
+class QueueApp:
+    """Handlers bound to one simulator's model, counters and fault injector."""
+
+    def __init__(self, config: SimConfig, store: FileStore, model: Model, counters: Counters):
+        self.config = config
+        self.store = store
+        self.model = model
+        self.counters = counters
+        self.injector = FaultInjector(config.faults)
+        rate = config.max_submits_per_second
+        self.bucket = SubmitBucket(rate) if rate is not None else None
+
+    def build(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.config.max_body_bytes,
+            middlewares=[
+                observe_middleware(self.counters),
+                faults_middleware(self.injector, self.counters),
+                auth_middleware(self.config.key),
+            ],
+        )
+        app.add_routes(
+            [
+                web.get("/_sim/counters", self.admin_counters),
+                web.get("/_sim/jobs", self.admin_jobs),
+                web.get("/_sim/health", self.admin_health),
+                *storage_routes(self.store, token_ttl_s=self.config.token_ttl_s),
+                web.post("/{tail:.*}", self.submit),
+                web.get("/{tail:.*}", self.request),
+                web.put("/{tail:.*}", self.request),
+            ]
+        )
+        return app
+
+    def origin(self, request: web.Request) -> str:
+        return self.config.public_url or str(request.url.origin())
+
+    # --- admin ------------------------------------------------------------------------------
+
+    async def admin_counters(self, request: web.Request) -> web.Response:
+        return json_response(self.counters.snapshot())
+
+    async def admin_jobs(self, request: web.Request) -> web.Response:
+        return json_response({"jobs": [r.as_dict() for r in self.model.records]})
+
+    async def admin_health(self, request: web.Request) -> web.Response:
+        return json_response({"ok": True, "model": repr(self.model)})
+
+    # --- submit -----------------------------------------------------------------------------
+
+    async def submit(self, request: web.Request) -> web.Response:
+        endpoint = "/".join(segments(request.match_info["tail"]))
+        root = endpoint_root(endpoint)
+        if root is None:
+            return json_response({"detail": f"Application {endpoint!r} not found"}, 404)
+        if self.bucket is not None and (wait := self.bucket.take()) > 0:
+            return rate_limited(max(1, math.ceil(wait)), "Too many submits (simulated limit)")
+        limit_text = request.query.get("fal_max_queue_length")
+        limit: int | None = None
+        if limit_text is not None:
+            try:
+                limit = int(limit_text)
+            except ValueError:
+                return _query_error("fal_max_queue_length", "Input should be a valid integer")
+        try:
+            payload = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _body_error([getattr(exc, "pos", 0)], "JSON decode error", "json_invalid")
+        if not isinstance(payload, dict):
+            return _body_error([], "Input should be a valid dictionary", "dict_type")
+        if limit is not None and self.model.waiting(endpoint) > limit:
+            detail = f"Queue is full: more than {limit} requests are waiting for {endpoint}"
+            return json_response({"detail": detail}, 429)
+        fault = self.injector.pick("submit", frozenset({"job_error"}))
+        if fault is not None:
+            self.counters.record_fault(fault.kind, "submit")
+        digest = payload_hash(endpoint, payload)
+        origin = self.origin(request)
+        job, position = self.model.submit(
+            endpoint=endpoint,
+            root=root,
+            payload=payload,
+            digest=digest,
+            base_url=origin,
+            low=request.headers.get("X-Fal-Queue-Priority", "").strip().lower() == "low",
+            start_timeout=start_timeout(request),
+            webhook=request.query.get("fal_webhook"),
+            fault=fault,
+        )
+        self.counters.record_submit(digest)
+        body = {
+            "request_id": job.request_id,
+            **jobs.urls(origin, root, job.request_id),
+            "queue_position": position,
+            "status": "IN_QUEUE",
+            "gateway_request_id": job.request_id,
+        }
+        return json_response(body, 200, {REQUEST_ID_HEADER: job.request_id})
+
+    # --- status, stream, result, cancel -----------------------------------------------------
+
+    async def request(self, request: web.Request) -> web.StreamResponse:
+        target = parse_request_path(request.path)
+        if target is None:
+            return json_response({"detail": "Not Found"}, 404)
+        headers = {REQUEST_ID_HEADER: target.request_id}
+        if target.subpath or request.method != target.method:
+            return json_response({"detail": "Method Not Allowed"}, 405, headers)
+        if target.action == "status":
+            self.counters.record_status_call(target.request_id)
+        job = self.model.get(target.request_id)
+        if job is not None and job.root != target.root:
+            job = None
+        if job is not None and job.state == COMPLETED:
+            rule = self.injector.pick(target.action, frozenset({"expire"}))
+            if rule is not None:
+                self.counters.record_fault(rule.kind, target.action)
+                self.model.forget(job)
+                job = None
+        if job is None:
+            return json_response(NOT_FOUND, 404, headers)
+        with_logs = request.query.get("logs", "").strip().lower() in TRUE_VALUES
+        if target.action == "status":
+            body = self.status_body(job, request, with_logs)
+            return json_response(body, 200 if job.state == COMPLETED else 202, headers)
+        if target.action == "stream":
+            return await self.stream(request, job, target, with_logs)
+        if target.action == "cancel":
+            if self.model.cancel(job):
+                return json_response({"status": "CANCELLATION_REQUESTED"}, 202, headers)
+            return json_response({"status": "ALREADY_COMPLETED"}, 400, headers)
+        return self.result(job, headers)
+
+    def status_body(self, job: Job, request: web.Request, with_logs: bool) -> dict[str, Any]:
+        position = self.model.queue_position(job) if job.state == jobs.IN_QUEUE else None
+        return jobs.status_body(
+            job, self.origin(request), with_logs=with_logs, queue_position=position
+        )
+
+    @staticmethod
+    def result(job: Job, headers: dict[str, str]) -> web.Response:
+        outcome = job.outcome
+        if job.state != COMPLETED or outcome is None:
+            return json_response({"detail": "Request is still in progress"}, 400, headers)
+        return web.Response(
+            body=outcome.body,
+            status=outcome.status,
+            headers={**outcome.headers, **headers},
+            content_type="application/json",
+        )
+
+    async def stream(
+        self, request: web.Request, job: Job, target: Target, with_logs: bool
+    ) -> web.StreamResponse:
+        """One `data:` event per change, `: ping` every ping_interval_s, closed at COMPLETED."""
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                REQUEST_ID_HEADER: target.request_id,
+            }
+        )
+        await response.prepare(request)
+        loop = asyncio.get_running_loop()
+        interval = self.config.ping_interval_s
+        next_ping = loop.time() + interval
+        last: dict[str, Any] | None = None
+        try:
+            while True:
+                changed = self.model.changed(job)
+                body = self.status_body(job, request, with_logs)
+                if body != last:
+                    await response.write(f"data: {json.dumps(body)}\n\n".encode())
+                    last = body
+                if job.state == COMPLETED or self.model.closing:
+                    break
+                try:
+                    await asyncio.wait_for(changed.wait(), max(0.0, next_ping - loop.time()))
+                except TimeoutError:
+                    await response.write(b": ping\n\n")
+                    next_ping = loop.time() + interval
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away; nothing left to tell it
+        return response

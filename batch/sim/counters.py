@@ -1,0 +1,116 @@
+"""What the simulator saw: requests and responses per route, submits per payload, faults.
+
+Tests read these to prove properties such as "no item was submitted twice": every accepted
+submit is counted under `payload_hash(endpoint_id, payload)`, which is the sha256 of the
+canonical JSON of `{"endpoint": endpoint_id, "payload": payload}`.
+
+A response that never reached the client (a dropped connection) is counted under status 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from typing import Any
+
+DROPPED = 0  # the "status" of a response the client never got
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def payload_hash(endpoint_id: str, payload: Any) -> str:
+    """sha256 hex of the canonical JSON of `{"endpoint": endpoint_id, "payload": payload}`."""
+    text = canonical_json({"endpoint": endpoint_id, "payload": payload})
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Counters:
+    """Plain counts, readable from Python (`snapshot()` and accessors) and at /_sim/counters."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()
+        self.responses: dict[str, Counter[int]] = {}
+        self.submits: Counter[str] = Counter()
+        self.status_calls: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.faults_by_route: Counter[str] = Counter()
+
+    def __repr__(self) -> str:
+        reqs = ", ".join(f"{k}={v}" for k, v in sorted(self.requests.items()))
+        return (
+            f"Counters(requests: {reqs or 'none'}; accepted submits={self.accepted_submits}; "
+            f"faults={dict(self.faults)})"
+        )
+
+    # --- recording ------------------------------------------------------------------------
+
+    def record_request(self, route: str) -> None:
+        self.requests[route] += 1
+
+    def record_response(self, route: str, status: int) -> None:
+        self.responses.setdefault(route, Counter())[status] += 1
+
+    def record_submit(self, digest: str) -> None:
+        self.submits[digest] += 1
+
+    def record_status_call(self, request_id: str) -> None:
+        self.status_calls[request_id] += 1
+
+    def record_fault(self, kind: str, route: str) -> None:
+        self.faults[kind] += 1
+        self.faults_by_route[f"{route}:{kind}"] += 1
+
+    # --- reading --------------------------------------------------------------------------
+
+    @property
+    def accepted_submits(self) -> int:
+        return sum(self.submits.values())
+
+    def requests_for(self, route: str) -> int:
+        return self.requests[route]
+
+    def responses_for(self, route: str, status: int | None = None) -> int:
+        """Responses on `route` with `status` (all statuses when None; 0 = dropped)."""
+        counts = self.responses.get(route, Counter())
+        return sum(counts.values()) if status is None else counts[status]
+
+    def submits_for(self, endpoint_id: str, payload: Any) -> int:
+        """How many submits of exactly this payload to this endpoint were accepted."""
+        return self.submits[payload_hash(endpoint_id, payload)]
+
+    def duplicate_submits(self) -> dict[str, int]:
+        """Payload hashes accepted more than once, with their counts."""
+        return {digest: n for digest, n in self.submits.items() if n > 1}
+
+    def status_calls_for(self, request_id: str) -> int:
+        return self.status_calls[request_id]
+
+    def faults_injected(self, kind: str | None = None, route: str | None = None) -> int:
+        if kind is None and route is None:
+            return sum(self.faults.values())
+        if route is None:
+            return self.faults[kind or ""]
+        return sum(
+            n
+            for key, n in self.faults_by_route.items()
+            if key.startswith(f"{route}:") and (kind is None or key == f"{route}:{kind}")
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready copy of every count (status codes become string keys)."""
+        return {
+            "requests": dict(self.requests),
+            "responses": {
+                route: {str(code): n for code, n in sorted(counts.items())}
+                for route, counts in self.responses.items()
+            },
+            "accepted_submits": self.accepted_submits,
+            "submits_by_payload": dict(self.submits),
+            "duplicate_submits": self.duplicate_submits(),
+            "status_calls": dict(self.status_calls),
+            "faults": dict(self.faults),
+            "faults_by_route": dict(self.faults_by_route),
+        }

@@ -1,0 +1,434 @@
+"""Output files: verified atomic downloads from a real local server, safe names, integrity."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import re
+import socket
+import unicodedata
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from batch.outputs import (
+    DownloadError,
+    OutputRecord,
+    cleanup_temp_files,
+    describe_url,
+    download_image,
+    ext_for,
+    safe_name,
+    validate_template,
+    verify_outputs,
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SAMPLE_JPEG = Path("/work/shared/data/sample-images/chelsea.jpg")
+
+
+def make_image(fmt: str, size: tuple[int, int] = (64, 48)) -> bytes:
+    img = Image.new("RGB", size)
+    for x in range(size[0]):
+        for y in range(size[1]):
+            img.putpixel((x, y), (x * 4 % 256, y * 5 % 256, (x * y) % 256))
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+PNG = make_image("PNG")
+JPEG = make_image("JPEG")
+
+
+async def _truncated(request: web.Request) -> web.StreamResponse:
+    """Promises the whole PNG, sends half, then drops the connection."""
+    resp = web.StreamResponse(headers={"Content-Type": "image/png"})
+    resp.content_length = len(PNG)
+    await resp.prepare(request)
+    await resp.write(PNG[: len(PNG) // 2])
+    assert request.transport is not None
+    request.transport.close()
+    return resp
+
+
+RELEASE = web.AppKey("release", asyncio.Event)
+
+
+async def _stalled(request: web.Request) -> web.StreamResponse:
+    """Sends half the PNG, then waits until the test releases it."""
+    resp = web.StreamResponse(headers={"Content-Type": "image/png"})
+    resp.content_length = len(PNG)
+    await resp.prepare(request)
+    await resp.write(PNG[: len(PNG) // 2])
+    await request.app[RELEASE].wait()
+    return resp
+
+
+def _handler(make: Callable[[], web.Response]) -> Handler:
+    async def handler(_request: web.Request) -> web.Response:
+        return make()
+
+    return handler
+
+
+def _app() -> web.Application:
+    def fixed(body: bytes, content_type: str, status: int = 200) -> web.Response:
+        return web.Response(body=body, status=status, content_type=content_type)
+
+    routes = {
+        "/img.png": lambda: fixed(PNG, "image/png"),
+        "/img.jpg": lambda: fixed(JPEG, "image/jpeg"),
+        "/corrupt.png": lambda: fixed(b"\x89PNG\r\n\x1a\n" + b"garbage" * 50, "image/png"),
+        "/cut.png": lambda: fixed(PNG[: len(PNG) // 2], "image/png"),
+        "/error500": lambda: fixed(b"oops", "text/plain", 500),
+        "/error404": lambda: fixed(b"gone", "text/plain", 404),
+        "/error429": lambda: fixed(b"slow down", "text/plain", 429),
+    }
+    app = web.Application()
+    for path, make in routes.items():
+        app.router.add_get(path, _handler(make))
+    app.router.add_get("/truncated.png", _truncated)
+    app.router.add_get("/stalled.png", _stalled)
+    app[RELEASE] = asyncio.Event()
+    return app
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[str]:
+    app = _app()
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        app[RELEASE].set()
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.name.startswith(".tmp-")]
+
+
+# --- downloads -----------------------------------------------------------------------------
+
+
+async def test_download_writes_the_verified_file_atomically(
+    server: str, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    dest = tmp_path / "images" / "k-0.png"
+    got = await download_image(
+        session, f"{server}/img.png?sig=secret", dest,
+        expect_width=64, expect_height=48, expect_content_type="image/png", timeout=10,
+        max_bytes=10**6,
+    )  # fmt: skip
+    assert dest.read_bytes() == PNG
+    assert got.sha256 == hashlib.sha256(PNG).hexdigest()
+    assert (got.bytes, got.width, got.height, got.content_type) == (len(PNG), 64, 48, "image/png")
+    assert got.path == dest
+    assert leftovers(tmp_path) == []
+    rec = got.to_record(0, tmp_path)
+    assert rec == OutputRecord(
+        0, "images/k-0.png", f"{server}/img.png?sig=secret", len(PNG), got.sha256, 64, 48,
+        "image/png",
+    )  # fmt: skip
+    assert verify_outputs(tmp_path, [rec]) == []
+
+
+async def test_download_of_a_real_jpeg_checks_its_type(
+    server: str, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    dest = tmp_path / "a.jpg"
+    got = await download_image(
+        session, f"{server}/img.jpg", dest, expect_content_type="image/jpg", timeout=10,
+        max_bytes=10**6,
+    )  # fmt: skip
+    assert (got.content_type, got.width, got.height) == ("image/jpeg", 64, 48)
+    assert dest.read_bytes() == JPEG
+
+
+@pytest.mark.parametrize(
+    ("path", "transient", "expect"),
+    [
+        ("/truncated.png", True, "ClientPayloadError"),
+        ("/corrupt.png", False, "not a valid image"),
+        ("/cut.png", False, "not a valid image"),
+        ("/error500", True, "HTTP 500"),
+        ("/error429", True, "HTTP 429"),
+        ("/error404", False, "HTTP 404"),
+    ],
+)
+async def test_failed_downloads_leave_no_file_and_say_if_transient(
+    server: str,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    path: str,
+    transient: bool,
+    expect: str,
+) -> None:
+    dest = tmp_path / "images" / "k-0.png"
+    with pytest.raises(DownloadError) as info:
+        await download_image(session, server + path, dest, timeout=10, max_bytes=10**6)
+    assert info.value.transient is transient
+    assert expect in str(info.value)
+    assert not dest.exists()
+    assert leftovers(tmp_path) == []
+
+
+async def test_status_is_carried_on_http_errors(
+    server: str, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    with pytest.raises(DownloadError) as info:
+        await download_image(session, f"{server}/error404", tmp_path / "x.png", timeout=10)
+    assert info.value.status == 404
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"expect_width": 65, "expect_height": 48}, "64x48, the result said 65x48"),
+        ({"expect_height": 10}, "the result said ?x10"),
+        ({"expect_content_type": "image/jpeg"}, "image/png, the result said image/jpeg"),
+    ],
+)
+async def test_mismatching_content_is_a_permanent_error_and_keeps_the_old_file(
+    server: str,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+    kwargs: dict[str, object],
+    message: str,
+) -> None:
+    dest = tmp_path / "k-0.png"
+    dest.write_bytes(b"previous")
+    with pytest.raises(DownloadError, match=re.escape(message)) as info:
+        await download_image(
+            session, f"{server}/img.png", dest, timeout=10, max_bytes=10**6,
+            **kwargs,  # type: ignore[arg-type]
+        )  # fmt: skip
+    assert info.value.transient is False
+    assert dest.read_bytes() == b"previous"
+    assert leftovers(tmp_path) == []
+
+
+async def test_a_stalled_body_times_out_as_transient(
+    server: str, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    dest = tmp_path / "images" / "k.png"
+    with pytest.raises(DownloadError, match="timed out") as info:
+        await download_image(session, f"{server}/stalled.png", dest, timeout=0.3)
+    assert info.value.transient is True
+    assert not dest.exists() and leftovers(tmp_path) == []
+
+
+async def test_cancelling_a_download_leaves_no_temp_file(
+    server: str, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    dest = tmp_path / "images" / "k.png"
+    task = asyncio.create_task(download_image(session, f"{server}/stalled.png", dest))
+    for _ in range(500):  # until the body is being written to the temporary file
+        await asyncio.sleep(0.01)
+        if leftovers(tmp_path):
+            break
+    assert leftovers(tmp_path), "the download never started writing"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not dest.exists() and leftovers(tmp_path) == []
+
+
+async def test_a_body_over_max_bytes_is_refused(
+    server: str, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    dest = tmp_path / "k.png"
+    with pytest.raises(DownloadError, match="larger than 100 bytes") as info:
+        await download_image(session, f"{server}/img.png", dest, timeout=10, max_bytes=100)
+    assert info.value.transient is False
+    assert not dest.exists() and leftovers(tmp_path) == []
+
+
+async def test_connection_refused_is_transient(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DownloadError) as info:
+        await download_image(session, f"http://127.0.0.1:{port}/x.png", tmp_path / "x.png")
+    assert info.value.transient is True
+    assert leftovers(tmp_path) == []
+
+
+async def test_data_uri_downloads_are_verified_too(
+    session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    jpeg = SAMPLE_JPEG.read_bytes()
+    with Image.open(SAMPLE_JPEG) as img:
+        size = img.size
+    uri = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+    dest = tmp_path / "images" / "sample-0.jpg"
+    got = await download_image(
+        session, uri, dest, expect_width=size[0], expect_height=size[1],
+        expect_content_type="image/jpeg",
+    )  # fmt: skip
+    assert dest.read_bytes() == jpeg
+    assert got.sha256 == hashlib.sha256(jpeg).hexdigest()
+    assert got.url == uri
+
+
+@pytest.mark.parametrize(
+    "uri", ["data:image/png;base64,@@@not base64@@@", "data:image/png;base64", "data:,hello"]
+)
+async def test_bad_data_uris_are_permanent_errors(
+    session: aiohttp.ClientSession, tmp_path: Path, uri: str
+) -> None:
+    with pytest.raises(DownloadError) as info:
+        await download_image(session, uri, tmp_path / "x.png")
+    assert info.value.transient is False
+    assert not (tmp_path / "x.png").exists() and leftovers(tmp_path) == []
+
+
+def test_urls_in_messages_lose_query_strings_and_data() -> None:
+    assert (
+        describe_url("https://cdn.example/a/b.png?token=s3cret#f") == "https://cdn.example/a/b.png"
+    )
+    assert "iVBOR" not in describe_url("data:image/png;base64,iVBORw0KGgo=")
+
+
+# --- temp files and verification -----------------------------------------------------------
+
+
+def test_cleanup_temp_files_removes_only_leftovers(tmp_path: Path) -> None:
+    images = tmp_path / "images" / "sub"
+    images.mkdir(parents=True)
+    (images / ".tmp-abc-k-0.png").write_bytes(b"x")
+    (tmp_path / "images" / ".tmp-def-k-1.png").write_bytes(b"x")
+    (tmp_path / ".tmp-123-results.csv").write_text("x")
+    (tmp_path / "images" / "k-0.png").write_bytes(b"keep")
+    (tmp_path / "images" / "tmp-not-a-temp.png").write_bytes(b"keep")
+    assert cleanup_temp_files(tmp_path) == 3
+    assert leftovers(tmp_path) == []
+    assert (tmp_path / "images" / "k-0.png").exists()
+    assert (tmp_path / "images" / "tmp-not-a-temp.png").exists()
+    assert cleanup_temp_files(tmp_path) == 0
+    assert cleanup_temp_files(tmp_path / "does-not-exist") == 0
+
+
+def test_verify_outputs_reports_changed_missing_and_unsafe_files(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    good, bad = tmp_path / "images" / "a.png", tmp_path / "images" / "b.png"
+    good.write_bytes(PNG)
+    bad.write_bytes(PNG)
+    digest = hashlib.sha256(PNG).hexdigest()
+
+    def rec(path: str, size: int = len(PNG)) -> OutputRecord:
+        return OutputRecord(0, path, "u", size, digest, 64, 48, "image/png")
+
+    bad.write_bytes(PNG[:-1] + b"\x00")
+    problems = verify_outputs(
+        tmp_path,
+        [rec("images/a.png"), rec("images/b.png"), rec("images/c.png"), rec("../a.png"),
+         rec("images/a.png", size=1)],
+    )  # fmt: skip
+    assert [(p.path, p.kind) for p in problems] == [
+        ("images/b.png", "sha256"),
+        ("images/c.png", "missing"),
+        ("../a.png", "unsafe_path"),
+        ("images/a.png", "size"),
+    ]
+
+
+# --- names ---------------------------------------------------------------------------------
+
+TEMPLATE = "{key}-{index}.{ext}"
+
+
+def assert_safe(name: str) -> None:
+    assert "/" not in name and "\\" not in name
+    assert ".." not in name
+    assert not name.startswith(".")
+    assert all(unicodedata.category(ch) not in ("Cc", "Cf", "Zl", "Zp") for ch in name)
+    assert 0 < len(name.encode()) <= 200
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["../../etc/passwd", "a/b", "a\\b", "nul\x00byte", "tab\tand\nnewline", ".hidden", "..", ".",
+     "...", " ", "C:\\Windows", "evil\u202egnp.exe", "line\u2028sep", "x" * 1000, "é" * 300],
+)  # fmt: skip
+def test_safe_name_neutralises_hostile_keys(key: str) -> None:
+    name = safe_name(TEMPLATE, key=key, index=0, ext="png")
+    assert_safe(name)
+    assert name.endswith(".png")
+
+
+def test_safe_name_keeps_ordinary_names_and_unicode_as_they_are() -> None:
+    assert safe_name(TEMPLATE, key="product-123", index=2, ext="jpg") == "product-123-2.jpg"
+    assert safe_name(TEMPLATE, key="café ☕", index=0, ext="png") == "café ☕-0.png"
+    assert safe_name("{key}_{index:03d}_{seed}.{ext}", key="a", index=7, seed=42, ext="png") == (
+        "a_007_42.png"
+    )
+
+
+def test_safe_name_normalises_to_nfc() -> None:
+    name = safe_name(TEMPLATE, key="cafe\u0301", index=0, ext="png")
+    assert name.startswith("café")
+    assert "e\u0301" not in name
+
+
+def test_safe_name_keeps_distinct_inputs_distinct() -> None:
+    names = {
+        safe_name(TEMPLATE, key=key, index=index, ext="png")
+        for key in ("a/b", "a_b", "a\\b", "a:b", "x" * 500 + "1", "x" * 500 + "2")
+        for index in (0, 1)
+    }
+    assert len(names) == 12
+
+
+def test_safe_name_shortens_long_names_but_keeps_the_extension() -> None:
+    name = safe_name(TEMPLATE, key="ü" * 400, index=3, ext="webp", max_bytes=100)
+    assert len(name.encode()) <= 100
+    assert name.endswith(".webp")
+    name.encode().decode()  # still valid UTF-8, no cut character
+
+
+def test_safe_name_rejects_unknown_fields_clearly() -> None:
+    with pytest.raises(ValueError, match=r"unknown field 'colour'.*available: ext, index, key"):
+        safe_name("{key}-{colour}-{index}.{ext}", key="a", index=0, ext="png")
+    with pytest.raises(ValueError, match="plain name"):
+        safe_name("{key.__class__}-{index}", key="a", index=0)
+    with pytest.raises(ValueError, match="plain name"):
+        safe_name("{key[0]}-{index}", key="a", index=0)
+    with pytest.raises(ValueError, match="must contain"):
+        safe_name("{key}.{ext}", key="a", ext="png")
+    with pytest.raises(ValueError, match="bad file-name template"):
+        safe_name("{key", key="a", index=0)
+
+
+def test_validate_template_checks_fields_before_a_run() -> None:
+    validate_template("{key}-{index}-{seed}.{ext}")
+    with pytest.raises(ValueError, match="unknown field 'prompt'"):
+        validate_template("{prompt}-{index}.{ext}")
+    with pytest.raises(ValueError, match="must contain"):
+        validate_template("{key}.{ext}")
+
+
+def test_ext_for_content_types_and_urls() -> None:
+    assert ext_for("image/png") == "png"
+    assert ext_for("image/jpeg; charset=binary") == "jpg"
+    assert ext_for(None, "https://cdn/x/y.JPEG?sig=1") == "jpg"
+    assert ext_for("application/octet-stream", "https://cdn/x/y") == "bin"
