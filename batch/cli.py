@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from batch.job import JobError, JobSpec, load_job
+from batch.ledger import Ledger
 from batch.manifest import ManifestError, scan
 from batch.pipeline.events import LogProgress, Progress, TqdmProgress
 from batch.pipeline.run import EXIT_INVALID, run_job
@@ -189,3 +190,68 @@ def sim(
 
 def _json_out(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _open_ledger(target: str, output: str | None) -> Ledger:
+    try:
+        spec = _load_spec(target, {"output": output})
+    except (JobError, ManifestError, ValueError) as exc:
+        _fail_invalid(exc)
+        raise
+    if not (spec.output / "ledger.sqlite").exists():
+        _fail_invalid(ValueError(f"{spec.output}: no ledger yet (has this job been run?)"))
+    return Ledger.open(spec.output)
+
+
+@main.command()
+@click.argument("target", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(target: str, output: str | None, as_json: bool) -> None:
+    """Show a job's items by state and its latest failures (reads the ledger only).
+
+    Example: firered-batch status jobs/demo.yaml
+    """
+    with _open_ledger(target, output) as ledger:
+        counts = ledger.counts()
+        failures = ledger.failures(limit=10)
+    if as_json:
+        _json_out(
+            {
+                "counts": counts,
+                "failures": [
+                    {
+                        "kind": f.kind,
+                        "count": f.count,
+                        "example_key": f.example_key,
+                        "example_message": f.example_message,
+                    }
+                    for f in failures
+                ],
+            }
+        )
+        return
+    total = sum(counts.values())
+    click.echo(f"{total} items")
+    for state in ("completed", "failed", "submitted", "pending"):
+        click.echo(f"  {state:<10} {counts.get(state, 0):>8}")
+    for group in failures:
+        click.echo(f"failed ({group.kind}): {group.count}, e.g. {group.example_key}: ")
+        click.echo(f"    {group.example_message}")
+
+
+@main.command()
+@click.argument("target", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
+def export(target: str, output: str | None) -> None:
+    """Write results.csv and results.jsonl from the ledger again.
+
+    Example: firered-batch export jobs/demo.yaml
+    """
+    with _open_ledger(target, output) as ledger:
+        paths = ledger.export()
+    click.echo(f"{paths.csv}\n{paths.jsonl}")
+
+
+if __name__ == "__main__":
+    main()

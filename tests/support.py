@@ -20,3 +20,24 @@ def png_uri(width: int = 16, height: int = 12, color: tuple[int, int, int] = (10
 
 def edit(prompt: str = "make it blue", **fields: Any) -> dict[str, Any]:
     return {"prompt": prompt, "image_urls": [png_uri()], **fields}
+
+
+def write_csv(path, rows: list[dict[str, Any]]) -> None:
+    """A CSV manifest from row dicts (image_urls lists joined with |)."""
+    import csv
+
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "|".join(v) if isinstance(v, list) else v for k, v in row.items()})
+
+
+def item_rows(n: int, **fields: Any) -> list[dict[str, Any]]:
+    return [
+        {"id": f"item{i:03d}", "prompt": f"edit number {i}", "image_urls": [png_uri()], **fields}
+        for i in range(n)
+    ]

@@ -111,8 +111,13 @@ class TqdmProgress:
         from tqdm import tqdm
 
         self._bar = tqdm(total=0, unit="item", dynamic_ncols=True)
+        self._last = 0.0
 
     def update(self, stats: RunStats) -> None:
+        now = time.monotonic()
+        if now - self._last < 0.2 and stats.done < stats.total:
+            return  # redrawing costs more than a fast run's items
+        self._last = now
         self._bar.total = stats.total
         self._bar.n = stats.done
         self._bar.set_postfix(

@@ -110,7 +110,8 @@ async def run_job(
         stats = RunStats(total=plan.to_do)
         try:
             with _signals(stop, handle_signals):
-                await _execute(spec, ledger, stats, stop, progress, policy, credentials)
+                if plan.to_do:  # a finished job makes no connection at all
+                    await _execute(spec, ledger, stats, stop, progress, policy, credentials)
             summary.exit_code = _exit_code(ledger.counts(), stop)
             summary.message = _message(stop)
         except AuthError as exc:

@@ -26,7 +26,7 @@ _STATUS_RETRIES = 6
 class ServiceTimes:
     """A running estimate (EWMA) of how long a request runs once started."""
 
-    def __init__(self, initial: float = 1.0, weight: float = 0.2) -> None:
+    def __init__(self, initial: float = 0.0, weight: float = 0.2) -> None:
         self.estimate = initial
         self.samples = 0
         self._weight = weight
@@ -41,8 +41,16 @@ class ServiceTimes:
         self.samples += 1
 
 
-def next_poll(status: Status, service: ServiceTimes, running_for: float, slots: int) -> float:
-    """Seconds until the next status request, from what this status says."""
+def next_poll(
+    status: Status, service: ServiceTimes, running_for: float, slots: int, waited: float
+) -> float:
+    """Seconds until the next status request, from what this status says.
+
+    `running_for` counts from when the request was first seen IN_PROGRESS, `waited` from its
+    first status request. Until a service time has been observed, intervals grow with `waited`.
+    """
+    if service.samples == 0:
+        return min(MAX_INTERVAL, max(MIN_INTERVAL, 0.1 + 0.25 * waited))
     expected = max(service.estimate, MIN_INTERVAL)
     if isinstance(status, Queued):
         # `position` requests are ahead; `slots` run at once; ours then runs ~`expected`.
@@ -93,6 +101,7 @@ class Waiter:
         raise TransientError("status stream ended without COMPLETED")
 
     async def _poll(self, handle: RequestHandle) -> Completed:
+        first = time.monotonic()
         started: float | None = None
         while True:
             status = await self._status(handle)
@@ -103,7 +112,8 @@ class Waiter:
             if isinstance(status, InProgress) and started is None:
                 started = now
             running_for = now - started if started is not None else 0.0
-            await asyncio.sleep(next_poll(status, self.service, running_for, self.slots))
+            delay = next_poll(status, self.service, running_for, self.slots, now - first)
+            await asyncio.sleep(delay)
 
     async def _status(self, handle: RequestHandle) -> Status:
         failures = 0

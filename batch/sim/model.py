@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import functools
+import logging
 import random
 import time
 import uuid
@@ -31,6 +32,7 @@ from batch.sim.jobs import COMPLETED, IN_PROGRESS, IN_QUEUE, Job, JobRecord, Out
 from batch.sim.storage import FileStore
 
 MAX_SEED = 2**32 - 1
+log = logging.getLogger(__name__)
 
 
 class Lane:
@@ -267,11 +269,13 @@ class Model:
         """Done callback of a job's task: free the slot, complete the job, start the next."""
         self._tasks.discard(task)
         self._busy -= 1
+        exc = None if task.cancelled() else task.exception()
         if self.closing:
             return
         if task.cancelled():
             outcome = jobs.infra_error("client_cancelled")
-        elif (exc := task.exception()) is not None:  # a simulator bug fails the job only
+        elif exc is not None:  # a simulator bug: fail this job, keep the slot, say so
+            log.error("job %s failed inside the simulator", job.request_id, exc_info=exc)
             outcome = jobs.infra_error("internal_error", f"Internal error: {exc!r}")
         else:
             outcome = task.result()

@@ -131,3 +131,23 @@ async def test_token_route_needs_the_key(api: Any) -> None:
         headers={"Authorization": "Key nope"},
     ) as resp:
         assert resp.status == 401
+
+
+async def test_simulator_bug_fails_only_that_job(
+    api: Any, payload: dict[str, Any], monkeypatch: Any, caplog: Any
+) -> None:
+    """An exception inside a job gives a flat 500 internal_error; the slot keeps working."""
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("batch.sim.model.render", broken)
+    sub = await api.submit(payload)
+    assert (await api.wait_for(sub))["error_type"] == "internal_error"
+    reply = await api.result(sub)
+    assert reply.status == 500 and reply.headers["x-fal-error-type"] == "internal_error"
+    assert "boom" in caplog.text
+    monkeypatch.undo()
+    ok = await api.submit(payload)
+    await api.wait_for(ok)
+    assert (await api.result(ok)).status == 200
