@@ -1,7 +1,8 @@
 """The `firered-batch` command: arguments in, one library call, outcome → exit code.
 
 Exit codes: 0 everything completed; 1 some items failed; 2 invalid manifest, job or arguments;
-3 refused by the remote (auth); 4 interrupted or stopped early, resumable.
+3 refused by the remote (auth); 4 interrupted or stopped early, resumable; 5 another run holds
+the output folder's lock.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import click
 
 from batch.job import JobError, JobSpec, load_job
 from batch.ledger import Ledger
+from batch.lock import LockedError
 from batch.manifest import ManifestError, scan
 from batch.pipeline.events import LogProgress, Progress, TqdmProgress
-from batch.pipeline.run import EXIT_INVALID, run_job
+from batch.pipeline.run import EXIT_INVALID, EXIT_LOCKED, run_job
+from batch.schedule import make_schedule, parse_duration
 
 MANIFEST_SUFFIXES = {".csv", ".jsonl"}
 
@@ -47,10 +50,30 @@ def _fail_invalid(exc: Exception) -> None:
     sys.exit(EXIT_INVALID)
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, and the message (already JSON if it is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+        }
+        try:
+            parsed = json.loads(message)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            entry.update(parsed)
+        else:
+            entry["message"] = message
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def _setup_logging(log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("batch")
@@ -80,6 +103,8 @@ def main() -> None:
 @click.option("--wait", type=click.Choice(["poll", "stream"]), help="How to learn of results.")
 @click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--dry-run", is_flag=True, help="Validate and plan only; send nothing.")
+@click.option("--max-runtime", help="Stop admitting after this long (e.g. 50m), drain, exit 4.")
+@click.option("--redo-changed", is_flag=True, help="Resubmit rows whose request changed.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 def run(
     target: str,
@@ -89,11 +114,13 @@ def run(
     wait: str | None,
     output: str | None,
     dry_run: bool,
+    max_runtime: str | None,
+    redo_changed: bool,
     log_format: str,
 ) -> None:
-    """Run (or resume) a job file or a manifest.
+    """Run (or resume) a job file or a manifest. The same command again resumes.
 
-    Example: firered-batch run jobs/demo.yaml --concurrency 4
+    Example: firered-batch run jobs/demo.yaml --concurrency 4 --max-runtime 50m
     """
     _setup_logging(log_format)
     overrides = {
@@ -105,9 +132,20 @@ def run(
     }
     try:
         spec = _load_spec(target, overrides)
+        seconds = parse_duration(max_runtime) if max_runtime else None
         summary = asyncio.run(
-            run_job(spec, progress=_progress(log_format), handle_signals=True, dry_run=dry_run)
+            run_job(
+                spec,
+                progress=_progress(log_format),
+                handle_signals=True,
+                dry_run=dry_run,
+                max_runtime=seconds,
+                redo_changed=redo_changed,
+            )
         )
+    except LockedError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_LOCKED)
     except (JobError, ManifestError, ValueError) as exc:
         _fail_invalid(exc)
         return
@@ -186,6 +224,47 @@ def sim(
         _fail_invalid(exc)
         return
     run_forever(config)
+
+
+@main.command()
+@click.argument("target", type=click.Path(exists=True, dir_okay=False))
+@click.option("--kind", help="Only failures of this kind (e.g. transient, permanent, download).")
+@click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
+def retry(target: str, kind: str | None, output: str | None) -> None:
+    """Put failed items back to pending for the next run (all, or one error kind).
+
+    Items that failed only to download keep their request id and are re-attached, not paid
+    for again. Example: firered-batch retry jobs/demo.yaml --kind transient
+    """
+    with _open_ledger(target, output) as ledger:
+        count = ledger.reset_to_pending(kind=kind)
+    what = f"failed ({kind})" if kind else "failed"
+    click.echo(f"{count} {what} items will be tried again by the next run")
+
+
+@main.command()
+@click.argument("job", type=click.Path(exists=True, dir_okay=False))
+@click.option("--every", required=True, help="Interval: 15m, 1h, 6h, 1d ...")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False), help="Where runs log.")
+@click.option("--env-file", type=click.Path(dir_okay=False), help="File with FAL_KEY=...")
+def schedule(job: str, every: str, log_file: str | None, env_file: str | None) -> None:
+    """Print a crontab line and a systemd service + timer that run JOB on a schedule.
+
+    Run it from the folder the job should run in. Example:
+    firered-batch schedule jobs/catalog.yaml --every 30m
+    """
+    try:
+        load_job(Path(job))
+        plan = make_schedule(
+            Path(job),
+            every,
+            log=Path(log_file) if log_file else None,
+            env_file=Path(env_file) if env_file else None,
+        )
+    except (JobError, ValueError) as exc:
+        _fail_invalid(exc)
+        return
+    click.echo(plan.text())
 
 
 def _json_out(data: Any) -> None:

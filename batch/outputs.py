@@ -32,6 +32,8 @@ from typing import IO, Any
 import aiohttp
 from PIL import Image
 
+from batch.crashpoints import crashpoint
+
 TEMP_PREFIX = ".tmp-"
 IMAGES_DIR = "images"
 DEFAULT_TEMPLATE = "{key}-{index}.{ext}"
@@ -403,7 +405,9 @@ def _publish(
 
 def _write_all(tmp: Path, data: bytes) -> None:
     with open(tmp, "wb") as fh:
-        fh.write(data)
+        fh.write(data[: len(data) // 2])
+        crashpoint("download")  # a half-written temp file, for crash tests
+        fh.write(data[len(data) // 2 :])
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -429,6 +433,7 @@ async def _fetch(
                         )
                     digest.update(chunk)
                     fh.write(chunk)
+                    crashpoint("download")  # a half-written temp file, for crash tests
                 fh.flush()
                 await asyncio.to_thread(os.fsync, fh.fileno())
     except (aiohttp.InvalidURL, ValueError) as exc:

@@ -27,6 +27,8 @@ from batch.outputs import OutputRecord
 
 ENDPOINT = "fal-ai/firered-image-edit"
 
+SHIPPED = [name for name, _ in mig.MIGRATIONS]  # the migrations this version ships
+
 
 @dataclass(frozen=True)
 class Item:
@@ -91,15 +93,15 @@ def submit(led: Ledger, key: str, rid: str = "req-1") -> None:
 def test_open_creates_folder_records_migrations_and_reopen_is_idempotent(tmp_path: Path) -> None:
     out = tmp_path / "a" / "b"
     with Ledger.open(out) as led:
-        assert led.applied_migrations() == ["m001_initial"]
+        assert led.applied_migrations() == SHIPPED
         assert led.path == out / "ledger.sqlite"
         led.plan(items(3))
     with Ledger.open(out) as led:
-        assert led.applied_migrations() == ["m001_initial"]
+        assert led.applied_migrations() == SHIPPED
         assert led.counts()["pending"] == 3
     conn = sqlite3.connect(out / "ledger.sqlite")
     try:
-        assert conn.execute("SELECT count(*) FROM migrations").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM migrations").fetchone() == (len(SHIPPED),)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"items", "outputs", "runs", "migrations"} <= tables
         assert "uploads" not in tables
@@ -115,32 +117,32 @@ def test_a_later_migration_is_applied_once_on_open(
         pass
     calls: list[str] = []
 
-    def m002_uploads(conn: sqlite3.Connection) -> None:
+    def m099_uploads(conn: sqlite3.Connection) -> None:
         calls.append("m002")
         conn.execute("CREATE TABLE uploads (sha256 TEXT PRIMARY KEY, url TEXT NOT NULL)")
 
-    monkeypatch.setattr(mig, "MIGRATIONS", [*mig.MIGRATIONS, ("m002_uploads", m002_uploads)])
+    monkeypatch.setattr(mig, "MIGRATIONS", [*mig.MIGRATIONS, ("m099_uploads", m099_uploads)])
     with Ledger.open(tmp_path) as led:
-        assert led.applied_migrations() == ["m001_initial", "m002_uploads"]
+        assert led.applied_migrations() == [*SHIPPED, "m099_uploads"]
     with Ledger.open(tmp_path) as led:
-        assert led.applied_migrations() == ["m001_initial", "m002_uploads"]
+        assert led.applied_migrations() == [*SHIPPED, "m099_uploads"]
     assert calls == ["m002"]
 
 
 def test_a_failing_migration_is_rolled_back_and_not_recorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def m002_broken(conn: sqlite3.Connection) -> None:
+    def m099_broken(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE half_done (x)")
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(mig, "MIGRATIONS", [*mig.MIGRATIONS, ("m002_broken", m002_broken)])
+    monkeypatch.setattr(mig, "MIGRATIONS", [*mig.MIGRATIONS, ("m099_broken", m099_broken)])
     with pytest.raises(RuntimeError, match="boom"):
         Ledger.open(tmp_path)
     conn = sqlite3.connect(tmp_path / "ledger.sqlite")
     try:
         names = [r[0] for r in conn.execute("SELECT name FROM migrations")]
-        assert names == ["m001_initial"]
+        assert names == SHIPPED
         half = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'half_done'").fetchone()
         assert half is None
     finally:

@@ -125,3 +125,16 @@ def m001_initial(conn: sqlite3.Connection) -> None:
         )
         """
     )
+
+
+@migration
+def m002_submit_intent(conn: sqlite3.Connection) -> None:
+    """When a submit was sent and not yet answered: a run that dies in that window leaves it
+    set, and the next run knows the item may already be queued at fal."""
+    conn.execute("ALTER TABLE items ADD COLUMN submit_started_at REAL")
+
+
+@migration
+def m003_meta(conn: sqlite3.Connection) -> None:
+    """Facts about the ledger as a whole, e.g. the fingerprint of the last manifest planned."""
+    conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")

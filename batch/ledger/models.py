@@ -122,6 +122,7 @@ class ItemRow:
     completed_at: float | None
     run_id: int | None
     in_manifest: bool
+    submit_started_at: float | None = None
 
     @cached_property
     def payload(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from batch.crashpoints import crashpoint
 from batch.ledger.export import ExportPaths, export_results
 from batch.ledger.migrations import applied_migrations, migrate
 from batch.ledger.models import (
@@ -209,7 +210,7 @@ class Ledger:
                 (_P,),
                 "state = 'submitted', attempts = attempts + 1, request_id = ?, status_url = ?,"
                 " response_url = ?, cancel_url = ?, possible_duplicate = possible_duplicate OR ?,"
-                " not_before = NULL, submitted_at = ?",
+                " not_before = NULL, submitted_at = ?, submit_started_at = NULL",
                 (
                     request_id,
                     status_url,
@@ -261,6 +262,7 @@ class Ledger:
                 " content_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
+            crashpoint("ledger")  # inside the transaction: a crash here must roll it back
 
     def mark_failed(self, key: str, kind: str, message: str) -> None:
         """pending/submitted → failed for good (until `reset_to_pending`); request_id kept."""
@@ -271,7 +273,7 @@ class Ledger:
                 "mark it failed",
                 (_P, _S),
                 f"state = 'failed', {_COUNT_UNSUBMITTED_TRY}, error_kind = ?, error_message = ?,"
-                " not_before = NULL",
+                " not_before = NULL, submit_started_at = NULL",
                 (kind, message),
             )
 
@@ -286,8 +288,22 @@ class Ledger:
                 (_P, _S),
                 f"state = 'pending', {_COUNT_UNSUBMITTED_TRY}, error_kind = ?, error_message = ?,"
                 " not_before = ?, request_id = NULL, status_url = NULL, response_url = NULL,"
-                " cancel_url = NULL",
+                " cancel_url = NULL, submit_started_at = NULL",
                 (kind, message, not_before),
+            )
+
+    def mark_submitting(self, key: str, sending: bool = True) -> None:
+        """Record (or clear) that a submit of this pending item is on its way to fal. A run
+        that dies before `mark_submitted` leaves it set: the next run treats the item as a
+        possible duplicate instead of assuming fal never saw it."""
+        with self._tx() as conn:
+            self._update(
+                conn,
+                key,
+                "record a submit",
+                (_P,),
+                "submit_started_at = ?",
+                (self._clock() if sending else None,),
             )
 
     def mark_ambiguous(self, key: str) -> None:
@@ -371,6 +387,28 @@ class Ledger:
         with self._lock:
             row = self._conn.execute(f"SELECT {_COLS} FROM items WHERE key = ?", (key,)).fetchone()
         return None if row is None else ItemRow.from_row(row)
+
+    def get_meta(self, name: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, name: str, value: str | None) -> None:
+        with self._tx() as conn:
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE name = ?", (name,))
+            else:
+                conn.execute(
+                    "INSERT INTO meta (name, value) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    (name, value),
+                )
+
+    def possible_duplicates(self) -> int:
+        """Items a submit of which may have been queued twice (an answer lost in transit)."""
+        with self._lock:
+            row = self._conn.execute("SELECT count(*) FROM items WHERE possible_duplicate = 1")
+            return int(row.fetchone()[0])
 
     def counts(self) -> dict[str, int]:
         """Items by state, every state present."""

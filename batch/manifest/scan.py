@@ -49,6 +49,7 @@ class ManifestScan:
     output_images: int = 0
     output_megapixels: float = 0.0
     unknown_size_items: int = 0
+    inline_images: int = 0  # data: URIs, local files sent inline among them
     duplicates: int = 0
     invalid_rows: int = 0
     errors: tuple[str, ...] = ()
@@ -151,6 +152,7 @@ class _Tally:
     output_images: int = 0
     pixels: int = 0
     unknown_size: int = 0
+    inline_images: int = 0
     duplicates: int = 0
     invalid_rows: int = 0
     errors: Messages = field(default_factory=Messages)
@@ -160,6 +162,7 @@ class _Tally:
         model = built.model
         self.items += 1
         self.images += len(model.image_urls)
+        self.inline_images += sum(url.startswith("data:") for url in model.image_urls)
         self.output_images += model.num_images
         size = image_size_pixels(model.image_size)
         if size is None:
@@ -212,6 +215,7 @@ def scan(
         output_images=tally.output_images,
         output_megapixels=tally.pixels / 1_000_000,
         unknown_size_items=tally.unknown_size,
+        inline_images=tally.inline_images,
         duplicates=tally.duplicates,
         invalid_rows=tally.invalid_rows,
         errors=tuple(errors.kept),

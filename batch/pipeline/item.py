@@ -19,6 +19,7 @@ from typing import NoReturn
 import aiohttp
 from pydantic import ValidationError
 
+from batch.crashpoints import crashpoint
 from batch.fal import (
     AmbiguousSubmitError,
     AuthError,
@@ -61,6 +62,7 @@ class ItemContext:
     deadline: float | None = None
     webhook_url: str | None = None
     on_change: Callable[[], None] = field(default=lambda: None)
+    draining: Callable[[], bool] = field(default=lambda: False)
 
     def progress_tick(self) -> None:
         self.on_change()
@@ -125,6 +127,12 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> RequestHandle:
     if row.attempts >= ctx.policy.attempts:
         _fail(ctx, row, "exhausted", row.error_message or "no attempts left")
     await ctx.admission.before_submit()
+    if ctx.draining():
+        raise Later(time.monotonic())  # stopping: nothing new is sent; the next run does it
+    if row.submit_started_at is not None:
+        # An earlier run sent this submit and died before recording the answer.
+        _note_ambiguous(ctx, row)
+    ctx.ledger.mark_submitting(row.key)  # the intent, committed before the request leaves
     ctx.stats.submits += 1
     try:
         handle = await ctx.client.submit(
@@ -136,21 +144,23 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> RequestHandle:
         )
     except AmbiguousSubmitError as exc:
         # fal may have queued it, and cannot tell us its id: submit again, and say so.
-        ctx.stats.ambiguous += 1
-        ctx.ledger.mark_ambiguous(row.key)
+        _note_ambiguous(ctx, row)
         _retry(ctx, row, exc, delay=0.0)
     except RateLimitedError as exc:
         # Not queued. Everyone slows down; the item keeps its attempt count.
+        ctx.ledger.mark_submitting(row.key, sending=False)
         ctx.stats.rate_limited += 1
         wait = ctx.policy.backoff(1, exc.retry_after if exc.retry_after is not None else 1.0)
         ctx.admission.on_rate_limited(wait)
         raise Later(time.monotonic() + wait) from None
     except AuthError:
+        ctx.ledger.mark_submitting(row.key, sending=False)
         raise
     except TransientError as exc:
         _retry(ctx, row, exc)
     except PermanentError as exc:
         _fail(ctx, row, exc.kind, str(exc))
+    crashpoint("submit")
     ctx.ledger.mark_submitted(
         row.key,
         handle.request_id,
@@ -160,6 +170,11 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> RequestHandle:
     )
     ctx.admission.on_accepted()
     return handle
+
+
+def _note_ambiguous(ctx: ItemContext, row: ItemRow) -> None:
+    ctx.stats.ambiguous += 1
+    ctx.ledger.mark_ambiguous(row.key)
 
 
 async def _wait(ctx: ItemContext, row: ItemRow, handle: RequestHandle) -> Completed:

@@ -19,19 +19,20 @@ from typing import Any
 
 from batch.fal import AuthError, Credentials, QueueClient, credentials_from_env
 from batch.job import JobSpec
-from batch.ledger import Ledger, PlanResult
-from batch.manifest import iter_items, scan
+from batch.ledger import Ledger
+from batch.lock import run_lock
 from batch.outputs import cleanup_temp_files, validate_template
 from batch.pipeline.admission import Admission
 from batch.pipeline.dispatch import Dispatcher, StopSignal
 from batch.pipeline.events import NullProgress, Progress, RunStats
 from batch.pipeline.item import ItemContext
+from batch.pipeline.planning import plan_run
 from batch.pipeline.policy import RetryPolicy
 from batch.pipeline.waiting import Waiter
 
 log = logging.getLogger("batch.run")
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_AUTH, EXIT_STOPPED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_AUTH, EXIT_STOPPED, EXIT_LOCKED = 0, 1, 2, 3, 4, 5
 DOWNLOAD_CONCURRENCY = 16
 
 
@@ -46,6 +47,7 @@ class RunSummary:
     wall_time: float = 0.0
     message: str = ""
     warnings: list[str] = field(default_factory=list)
+    possible_duplicates: int = 0  # in the whole ledger, not only this run
 
     @property
     def items_per_second(self) -> float:
@@ -70,11 +72,26 @@ class RunSummary:
             f"{self.stats.get('possible_duplicates', 0)} possible duplicates",
             f"  wall time {self.wall_time:.1f} s, {self.items_per_second:.1f} items/s, "
             f"{self.status_requests_per_item:.2f} status requests per item",
+            *self._notes(),
             f"  images: {self.output_dir / 'images'}",
             f"  ledger: {self.output_dir / 'ledger.sqlite'}",
             f"  results: {self.output_dir / 'results.csv'} and results.jsonl",
         ]
         return "\n".join(lines)
+
+    def _notes(self) -> list[str]:
+        notes = []
+        if self.plan.get("missing"):
+            notes.append(
+                f"  {self.plan['missing']} items in the ledger are no longer in the manifest "
+                "(kept; see results.csv, in_manifest=false)"
+            )
+        if self.possible_duplicates:
+            notes.append(
+                f"  {self.possible_duplicates} items may have been submitted twice "
+                "(an answer was lost in transit; results.csv: possible_duplicate)"
+            )
+        return notes
 
 
 async def run_job(
@@ -86,21 +103,25 @@ async def run_job(
     dry_run: bool = False,
     policy: RetryPolicy | None = None,
     credentials: Credentials | None = None,
+    max_runtime: float | None = None,
+    redo_changed: bool = False,
 ) -> RunSummary:
-    """Run (or resume) a job to the end. Raises ManifestError / JobError for invalid input."""
+    """Run (or resume) a job to the end.
+
+    Raises ManifestError / JobError / ChangedRowsError for invalid input (nothing is sent then)
+    and LockedError when another run holds the output folder.
+    """
     started = time.monotonic()
     progress = progress or NullProgress()
     validate_template(spec.filename)
-    scanned = scan(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults)
     output_dir = spec.output
-    summary = RunSummary(spec.name, output_dir, EXIT_OK, warnings=list(scanned.warnings))
-    with Ledger.open(output_dir) as ledger:
+    summary = RunSummary(spec.name, output_dir, EXIT_OK)
+    with run_lock(output_dir), Ledger.open(output_dir) as ledger:
         removed = cleanup_temp_files(output_dir)
         if removed:
             log.info("removed %d temporary files left by an interrupted run", removed)
-        items = iter_items(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults)
-        plan = ledger.plan(items)
-        summary.plan = _plan_counts(plan)
+        plan = plan_run(spec, ledger, redo_changed=redo_changed)
+        summary.plan, summary.warnings = plan.counts, plan.warnings
         if dry_run:
             summary.counts = ledger.counts()
             summary.message = "dry run: nothing sent"
@@ -109,8 +130,9 @@ async def run_job(
         stop = stop or StopSignal()
         stats = RunStats(total=plan.to_do)
         try:
-            with _signals(stop, handle_signals):
-                if plan.to_do:  # a finished job makes no connection at all
+            with _signals(stop, handle_signals), _deadline(stop, max_runtime):
+                # A finished job makes no connection at all.
+                if plan.to_do or ledger.counts()["submitted"]:
                     await _execute(spec, ledger, stats, stop, progress, policy, credentials)
             summary.exit_code = _exit_code(ledger.counts(), stop)
             summary.message = _message(stop)
@@ -120,6 +142,7 @@ async def run_job(
             progress.close(stats)
             summary.stats = stats.as_dict()
             summary.counts = ledger.counts()
+            summary.possible_duplicates = ledger.possible_duplicates()
             summary.wall_time = time.monotonic() - started
             ledger.finish_run(run_id, summary.counts, summary.exit_code)
             ledger.export(output_dir)
@@ -158,6 +181,7 @@ async def _execute(
             start_timeout=spec.start_timeout,
             deadline=spec.deadline,
             on_change=lambda: progress.update(stats),
+            draining=stop.draining.is_set,
         )
         dispatcher = Dispatcher(ctx, stop)
         await dispatcher.run()
@@ -222,14 +246,17 @@ def _signals(stop: StopSignal, enabled: bool) -> Any:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-def _plan_counts(plan: PlanResult) -> dict[str, int]:
-    return {
-        "new": plan.new,
-        "completed": plan.completed,
-        "resume": plan.resume,
-        "changed": plan.changed,
-        "missing": plan.missing,
-    }
+@contextlib.contextmanager
+def _deadline(stop: StopSignal, seconds: float | None) -> Any:
+    """--max-runtime: at the deadline, stop admitting and drain, as a first Ctrl-C does."""
+    if seconds is None:
+        yield
+        return
+    timer = asyncio.get_running_loop().call_later(seconds, stop.request, "max runtime reached")
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _settings(spec: JobSpec) -> dict[str, Any]:
@@ -238,6 +265,7 @@ def _settings(spec: JobSpec) -> dict[str, Any]:
 
 
 def _exit_code(counts: dict[str, int], stop: StopSignal) -> int:
+    """4 when anything is left to do (stopped early); else 1 if any item failed; else 0."""
     if stop.draining.is_set():
         return EXIT_STOPPED
     if counts.get("pending", 0) or counts.get("submitted", 0):

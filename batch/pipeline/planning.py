@@ -1,0 +1,99 @@
+"""Planning a run: validate the manifest and bring the ledger in line with it.
+
+A manifest that has not changed since the last plan (same bytes, endpoint, defaults and
+program version) needs neither: the ledger already holds exactly its items. That check — one
+hash of the file — is what makes resuming a finished 100,000-item job take a moment rather than
+a full validation. Manifests with inline images (local files sent as data URIs) are always
+planned again, because a local file can change while the manifest text does not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+
+from batch.job import JobSpec
+from batch.ledger import Ledger, PlanResult
+from batch.manifest import iter_items, scan
+
+FINGERPRINT = "plan_fingerprint"
+PLAN_COUNTS = "plan_counts"
+
+
+class ChangedRowsError(ValueError):
+    """Rows whose id is known with a different request; nothing was sent."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.errors = lines
+
+
+@dataclass
+class Planned:
+    counts: dict[str, int]  # new, completed, resume, changed, missing
+    to_do: int
+    warnings: list[str] = field(default_factory=list)
+    reused: bool = False  # the manifest was unchanged: nothing was read again
+
+
+def manifest_fingerprint(spec: JobSpec) -> str:
+    digest = hashlib.sha256()
+    header = {"version": _version(), "endpoint": spec.endpoint, "defaults": spec.defaults}
+    digest.update(json.dumps(header, sort_keys=True, ensure_ascii=False).encode())
+    with open(spec.manifest, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def plan_run(spec: JobSpec, ledger: Ledger, *, redo_changed: bool = False) -> Planned:
+    """Validate (raising ManifestError / ChangedRowsError) and plan, or reuse the last plan."""
+    fingerprint = manifest_fingerprint(spec)
+    if not redo_changed and ledger.get_meta(FINGERPRINT) == fingerprint:
+        state = ledger.counts()
+        previous = json.loads(ledger.get_meta(PLAN_COUNTS) or "{}")
+        to_do = state["pending"] + state["submitted"]
+        counts = {
+            "new": 0,
+            "completed": state["completed"],
+            "resume": to_do,
+            "changed": 0,
+            "missing": int(previous.get("missing", 0)),
+        }
+        return Planned(counts, to_do, reused=True)
+    scanned = scan(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults)
+    items = iter_items(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults)
+    plan = ledger.plan(items, redo_changed=redo_changed)
+    if plan.changed and not redo_changed:
+        ledger.set_meta(FINGERPRINT, None)
+        raise ChangedRowsError(_changed_lines(plan))
+    counts = {
+        "new": plan.new,
+        "completed": plan.completed,
+        "resume": plan.resume,
+        "changed": plan.changed,
+        "missing": plan.missing,
+    }
+    ledger.set_meta(PLAN_COUNTS, json.dumps(counts))
+    ledger.set_meta(FINGERPRINT, fingerprint if scanned.inline_images == 0 else None)
+    return Planned(counts, plan.to_do, warnings=list(scanned.warnings))
+
+
+def _changed_lines(plan: PlanResult) -> list[str]:
+    lines = [
+        f"{c.source}: id: '{c.key}' names a different request than when it was first run "
+        f"(at {c.previous_source}); use --redo-changed to submit it again"
+        for c in plan.conflicts
+    ]
+    if plan.changed > len(lines):
+        lines.append(f"... and {plan.changed - len(lines)} more changed rows")
+    return lines
+
+
+def _version() -> str:
+    try:
+        return version("firered-batch")
+    except PackageNotFoundError:
+        return "unknown"
