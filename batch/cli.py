@@ -19,11 +19,14 @@ import click
 
 from batch.job import JobError, JobSpec, load_job
 from batch.ledger import Ledger
+from batch.localfiles import LocalFiles
 from batch.lock import LockedError
 from batch.manifest import ManifestError, scan
 from batch.pipeline.events import LogProgress, Progress, TqdmProgress
 from batch.pipeline.run import EXIT_INVALID, EXIT_LOCKED, run_job
+from batch.report import report_for
 from batch.schedule import make_schedule, parse_duration
+from batch.status import job_status
 
 MANIFEST_SUFFIXES = {".csv", ".jsonl"}
 
@@ -89,6 +92,56 @@ def _progress(log_format: str) -> Progress:
     return LogProgress()
 
 
+def _input_options(fn: Any) -> Any:
+    """Options about local input images; they reach the command as `JobSpec` field names."""
+    options = [
+        click.option("--rest-url", help="fal's REST URL for storage uploads (CDN token)."),
+        click.option(
+            "--inputs",
+            type=click.Choice(["upload", "data-uri"]),
+            help="Local images: upload them, or send small ones inline.",
+        ),
+        click.option(
+            "--upload-concurrency", type=click.IntRange(min=1), help="Max uploads in flight."
+        ),
+        click.option("--upload-max-age", help="Upload a file again after this long (e.g. 24h)."),
+        click.option(
+            "--max-image-bytes", type=click.IntRange(min=1), help="Largest local image (bytes)."
+        ),
+        click.option(
+            "--max-megapixels",
+            type=click.FloatRange(min=0, min_open=True),
+            help="Most pixels a local image may have, in megapixels.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _webhook_options(fn: Any) -> Any:
+    """Webhook options; `_webhook_settings` turns them into the `webhook` setting."""
+    options = [
+        click.option("--webhook-url", help="Public URL fal posts results to (wait: webhook)."),
+        click.option(
+            "--webhook-listen",
+            metavar="HOST:PORT",
+            help="Where the receiver listens (host default 127.0.0.1).",
+        ),
+        click.option("--jwks-url", help="JWKS URL of fal's webhook signing keys."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _webhook_settings(options: dict[str, Any]) -> dict[str, Any] | None:
+    """Pop the webhook options out of `options`; the `webhook` override (None if none set)."""
+    names = {"webhook_url": "public_url", "webhook_listen": "listen", "jwks_url": "jwks_url"}
+    values = {field: options.pop(name, None) for name, field in names.items()}
+    return {k: v for k, v in values.items() if v is not None} or None
+
+
 @click.group()
 @click.version_option(package_name="firered-batch")
 def main() -> None:
@@ -100,12 +153,17 @@ def main() -> None:
 @click.option("--queue-url", help="fal queue URL, or 'local' for the embedded simulator.")
 @click.option("--concurrency", type=click.IntRange(min=1), help="Max requests in flight.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Max submits/s.")
-@click.option("--wait", type=click.Choice(["poll", "stream"]), help="How to learn of results.")
+@click.option(
+    "--wait", type=click.Choice(["poll", "stream", "webhook"]), help="How to learn of results."
+)
 @click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--dry-run", is_flag=True, help="Validate and plan only; send nothing.")
 @click.option("--max-runtime", help="Stop admitting after this long (e.g. 50m), drain, exit 4.")
 @click.option("--redo-changed", is_flag=True, help="Resubmit rows whose request changed.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@click.option("--detach", is_flag=True, help="Submit with webhooks and exit (see webhook serve).")
+@_webhook_options
+@_input_options
 def run(
     target: str,
     queue_url: str | None,
@@ -117,18 +175,23 @@ def run(
     max_runtime: str | None,
     redo_changed: bool,
     log_format: str,
+    **input_settings: Any,
 ) -> None:
     """Run (or resume) a job file or a manifest. The same command again resumes.
 
     Example: firered-batch run jobs/demo.yaml --concurrency 4 --max-runtime 50m
     """
     _setup_logging(log_format)
+    detach = bool(input_settings.pop("detach", False))
+    webhook = _webhook_settings(input_settings)
     overrides = {
         "queue": queue_url,
         "concurrency": concurrency,
         "rate": rate,
         "wait": wait,
         "output": output,
+        "webhook": webhook,
+        **input_settings,
     }
     try:
         spec = _load_spec(target, overrides)
@@ -141,6 +204,7 @@ def run(
                 dry_run=dry_run,
                 max_runtime=seconds,
                 redo_changed=redo_changed,
+                detach=detach,
             )
         )
     except LockedError as exc:
@@ -164,13 +228,15 @@ def validate(target: str) -> None:
     """
     try:
         spec = _load_spec(target, {})
-        result = scan(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults)
+        files = LocalFiles(spec.image_limits)  # local images checked with the job's limits
+        result = scan(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults, files=files)
     except (JobError, ManifestError, ValueError) as exc:
         _fail_invalid(exc)
         return
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(result.describe())
+    click.echo(f"estimate: {result.estimate.text(spec.price)}")
 
 
 @main.command()
@@ -187,6 +253,18 @@ def validate(target: str) -> None:
 @click.option("--tls", is_flag=True, help="Serve https with a generated certificate.")
 @click.option("--key", envvar="FIRERED_SIM_KEY", help="The accepted key (default: random).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--max-submits-per-second",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Answer 429 (with Retry-After) to submits beyond this rate.",
+)
+@click.option(
+    "--webhook-retry-scale",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Compress fal's webhook retry schedule (10 retries over ~2 h) by this factor.",
+)
 def sim(
     host: str,
     port: int,
@@ -196,6 +274,8 @@ def sim(
     tls: bool,
     key: str | None,
     seed: int,
+    max_submits_per_second: float | None,
+    webhook_retry_scale: float,
 ) -> None:
     """Serve the fal-compatible queue simulator until Ctrl-C.
 
@@ -210,6 +290,8 @@ def sim(
         "latency": latency,
         "tls": tls,
         "seed": seed,
+        "max_submits_per_second": max_submits_per_second,
+        "webhook_retry_scale": webhook_retry_scale,
     }
     if not key:
         # A fresh local key, shown so clients can use it (it is not a fal key).
@@ -272,6 +354,10 @@ def _json_out(data: Any) -> None:
 
 
 def _open_ledger(target: str, output: str | None) -> Ledger:
+    return _open_job(target, output)[1]
+
+
+def _open_job(target: str, output: str | None) -> tuple[JobSpec, Ledger]:
     try:
         spec = _load_spec(target, {"output": output})
     except (JobError, ManifestError, ValueError) as exc:
@@ -279,7 +365,7 @@ def _open_ledger(target: str, output: str | None) -> Ledger:
         raise
     if not (spec.output / "ledger.sqlite").exists():
         _fail_invalid(ValueError(f"{spec.output}: no ledger yet (has this job been run?)"))
-    return Ledger.open(spec.output)
+    return spec, Ledger.open(spec.output)
 
 
 @main.command()
@@ -287,36 +373,34 @@ def _open_ledger(target: str, output: str | None) -> Ledger:
 @click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def status(target: str, output: str | None, as_json: bool) -> None:
-    """Show a job's items by state and its latest failures (reads the ledger only).
+    """Show a job's items by state, failures by kind, and its latest run (throughput, ETA
+    while it is live) — from the ledger only, no network.
 
-    Example: firered-batch status jobs/demo.yaml
+    Example: firered-batch status jobs/demo.yaml --json
     """
-    with _open_ledger(target, output) as ledger:
-        counts = ledger.counts()
-        failures = ledger.failures(limit=10)
+    spec, ledger = _open_job(target, output)
+    with ledger:
+        result = job_status(ledger, name=spec.name, price=spec.price)
     if as_json:
-        _json_out(
-            {
-                "counts": counts,
-                "failures": [
-                    {
-                        "kind": f.kind,
-                        "count": f.count,
-                        "example_key": f.example_key,
-                        "example_message": f.example_message,
-                    }
-                    for f in failures
-                ],
-            }
-        )
-        return
-    total = sum(counts.values())
-    click.echo(f"{total} items")
-    for state in ("completed", "failed", "submitted", "pending"):
-        click.echo(f"  {state:<10} {counts.get(state, 0):>8}")
-    for group in failures:
-        click.echo(f"failed ({group.kind}): {group.count}, e.g. {group.example_key}: ")
-        click.echo(f"    {group.example_message}")
+        _json_out(result.as_dict())
+    else:
+        click.echo(result.text())
+
+
+@main.command()
+@click.argument("target", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
+def report(target: str, output: str | None) -> None:
+    """Write the HTML contact sheet, <output>/report.html (every run writes it at its end).
+
+    Each item's input and output thumbnails side by side, with prompt, seed, state, latency
+    and errors; filters, search, a latency histogram. Works offline.
+    Example: firered-batch report jobs/demo.yaml
+    """
+    spec, ledger = _open_job(target, output)
+    ledger.close()
+    written = report_for(spec)
+    click.echo(str(written.path))
 
 
 @main.command()
@@ -330,6 +414,42 @@ def export(target: str, output: str | None) -> None:
     with _open_ledger(target, output) as ledger:
         paths = ledger.export()
     click.echo(f"{paths.csv}\n{paths.jsonl}")
+
+
+@main.group()
+def webhook() -> None:
+    """Receive a job's results by webhook (after `run --detach`)."""
+
+
+@webhook.command("serve")
+@click.argument("target", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--until-done", is_flag=True, help="Exit once no item is waiting at fal.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@_webhook_options
+def webhook_serve(
+    target: str, output: str | None, until_done: bool, log_format: str, **options: Any
+) -> None:
+    """Receive JOB's webhooks and finalize its items until Ctrl-C (or --until-done).
+
+    Every delivery is verified (headers, timestamp, size, Ed25519 signature against the
+    JWKS, a request of this job) before the item's outputs are downloaded. Example:
+    firered-batch webhook serve jobs/catalog.yaml --webhook-listen 127.0.0.1:8787
+    """
+    from batch.fal import AuthError
+    from batch.pipeline.webhook_serve import serve_webhooks
+
+    _setup_logging(log_format)
+    try:
+        spec = _load_spec(target, {"output": output, "webhook": _webhook_settings(options)})
+        summary = asyncio.run(serve_webhooks(spec, until_done=until_done, handle_signals=True))
+    except AuthError as exc:
+        click.echo(f"refused: {exc}", err=True)
+        sys.exit(3)
+    except (JobError, ManifestError, ValueError, OSError) as exc:
+        _fail_invalid(exc)
+        return
+    click.echo(summary.text())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ endpoint: fal-ai/firered-image-edit
 queue: local                         # the embedded simulator, or a URL (https://queue.fal.run)
 concurrency: 8                       # requests in flight
 rate: 10                             # submits per second
-wait: poll                           # poll | stream
+wait: poll                           # poll | stream | webhook
 retries: {attempts: 5, backoff_min: 0.5, backoff_max: 30}
 output: outputs/catalog              # default outputs/<name>; relative to the current directory
 filename: "{key}_{index}.{ext}"      # fields: key, index, ext, seed
@@ -16,6 +16,15 @@ priority: low                        # normal | low | unset
 start_timeout: 600                   # seconds an item may stay queued; unset: no limit
 deadline: 1800                       # seconds per item, end to end; unset: no limit
 sim: {capacity: 4, latency: "uniform:0.2,0.8", seed: 1}   # for queue: local
+rest_url: https://rest.fal.ai        # fal storage API (CDN token); queue: local: the simulator
+inputs: upload                       # local images: upload | data-uri (small files inline)
+upload_concurrency: 4                # uploads in flight
+upload_max_age: 24h                  # an upload older than this is done again (seconds or 90m, 2d)
+max_image_bytes: 52428800            # local images larger than this are refused (50 MiB)
+max_megapixels: 50                   # local images with more pixels are refused
+webhook: {public_url: https://hooks.example.com/fal, listen: "127.0.0.1:8787", jwks_url: ...}
+price: {per_megapixel: 0.03}         # USD, or {per_image: …}; for estimates (no built-in price)
+budget: {max_usd: 25}                # stop admitting before spend would pass it (needs price)
 ```
 
 Paths. A `JobSpec` holds absolute, resolved paths, made so in one place,
@@ -51,6 +60,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from batch.fal.webhooks import DEFAULT_JWKS_URL
+from batch.localfiles import DEFAULT_MAX_BYTES, DEFAULT_MAX_MEGAPIXELS, ImageLimits
 from batch.manifest.errors import (
     NESTED_ERROR,
     display_path,
@@ -66,13 +77,16 @@ from batch.manifest.yamlfile import (
     find_line,
     line_of,
 )
+from batch.pricing import BudgetSpec, PriceSpec
+from batch.schedule import parse_duration
 from batch.schema import DEFAULT_ENDPOINT
 
 DEFAULT_QUEUE = "https://queue.fal.run"
+DEFAULT_REST = "https://rest.fal.ai"
 LOCAL_QUEUE = "local"
 FILENAME_FIELDS = ("key", "index", "ext", "seed")
 
-WaitMode = Literal["poll", "stream"]  # "webhook" joins when the receiver exists
+WaitMode = Literal["poll", "stream", "webhook"]
 
 _ENDPOINT_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")
 _URL_RE = re.compile(r"https?://[^\s/?#]+(/\S*)?", re.IGNORECASE)
@@ -126,6 +140,56 @@ class SimSpec(BaseModel):
         return value.strip()
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``PORT`` or ``:PORT`` (host 127.0.0.1), ``[::1]:PORT``; port 0 = any."""
+    text = text.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+class WebhookSpec(BaseModel):
+    """Webhooks (``wait: webhook``, ``run --detach``): where fal posts results and how they
+    are checked. ``public_url`` is what fal posts to (https, through a reverse proxy or tunnel
+    to ``listen``); with ``queue: local`` it defaults to the receiver's own address.
+    ``safety_net``: at least this many seconds without a webhook before an item is polled."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    public_url: str | None = None
+    listen: str = "127.0.0.1:0"
+    jwks_url: str = DEFAULT_JWKS_URL
+    safety_net: float = Field(default=5.0, gt=0)
+
+    @field_validator("public_url", "jwks_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not _URL_RE.fullmatch(value):
+            raise _fail("must be an http(s) URL")
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        try:
+            host, port = parse_listen(value)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
+    def host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+
 class JobSpec(BaseModel):
     """The settings of one run (see the module docstring for each field)."""
 
@@ -146,6 +210,15 @@ class JobSpec(BaseModel):
     start_timeout: float | None = Field(default=None, gt=0)
     deadline: float | None = Field(default=None, gt=0)
     sim: SimSpec = SimSpec()
+    rest_url: str = DEFAULT_REST
+    inputs: Literal["upload", "data-uri"] = "upload"
+    upload_concurrency: int = Field(default=4, ge=1)
+    upload_max_age: float = Field(default=24 * 3600.0, gt=0)
+    max_image_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1)
+    max_megapixels: float = Field(default=DEFAULT_MAX_MEGAPIXELS, gt=0)
+    webhook: WebhookSpec = WebhookSpec()
+    price: PriceSpec | None = None
+    budget: BudgetSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -173,6 +246,32 @@ class JobSpec(BaseModel):
             data["output"] = (Path.cwd() / Path(output).expanduser()).resolve()
         return data
 
+    @model_validator(mode="after")
+    def _webhook_reachable(self) -> JobSpec:
+        """fal must be able to reach the receiver: a public URL, and a port it leads to."""
+        if self.wait != "webhook" or self.local:
+            return self
+        problems: list[tuple[tuple[str, ...], str]] = []
+        if self.webhook.public_url is None:
+            why = "required with wait: webhook (where fal posts results; see the README)"
+            problems.append((("webhook", "public_url"), why))
+        if self.webhook.port == 0:
+            why = "needs a fixed port with wait: webhook (the public URL must lead to it)"
+            problems.append((("webhook", "listen"), why))
+        if problems:
+            detail = "; ".join(f"{format_loc(loc)}: {why}" for loc, why in problems)
+            raise PydanticCustomError(
+                NESTED_ERROR, "{detail}", {"detail": detail, "problems": problems}
+            )
+        return self
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_priced(cls, value: BudgetSpec | None, info: ValidationInfo) -> BudgetSpec | None:
+        if value is not None and "price" in info.data and info.data["price"] is None:
+            raise _fail("needs a price (price: {per_megapixel: …} or {per_image: …})")
+        return value
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
@@ -195,6 +294,23 @@ class JobSpec(BaseModel):
             raise _fail("must be 'local' or an http(s) URL")
         return value
 
+    @field_validator("rest_url")
+    @classmethod
+    def _rest_url(cls, value: str) -> str:
+        if not _URL_RE.fullmatch(value):
+            raise _fail("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("upload_max_age", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return parse_duration(value)
+            except ValueError as exc:
+                raise _fail(str(exc)) from None
+        return value
+
     @field_validator("filename")
     @classmethod
     def _filename(cls, value: str) -> str:
@@ -212,6 +328,11 @@ class JobSpec(BaseModel):
             context = {"detail": detail, "problems": problems}
             raise PydanticCustomError(NESTED_ERROR, "{detail}", context)
         return values
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """What a local image may weigh (``max_image_bytes``, ``max_megapixels``)."""
+        return ImageLimits(self.max_image_bytes, self.max_megapixels)
 
     @property
     def local(self) -> bool:

@@ -18,6 +18,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import io
 import os
 import secrets
 import string
@@ -360,13 +361,13 @@ def decode_data_uri(url: str, max_bytes: int) -> tuple[bytes, str | None]:
     return data, media
 
 
-def _check_image(path: Path) -> tuple[str, int, int]:
-    """(content type, width, height) of an image file that decodes fully; DownloadError else."""
+def _check_image(data: bytes) -> tuple[str, int, int]:
+    """(content type, width, height) of image bytes that decode fully; DownloadError else."""
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             fmt, (width, height) = img.format or "", img.size
             img.verify()
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             if fmt == "JPEG":
                 img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                 img.load()
@@ -392,15 +393,86 @@ def _check_expected(
         raise DownloadError(f"image is {got_type}, the result said {content_type}", transient=False)
 
 
-def _publish(
-    tmp: Path, dest: Path, expect: tuple[int | None, int | None, str | None]
+def _store(
+    data: bytes, tmp: Path, dest: Path, expect: tuple[int | None, int | None, str | None]
 ) -> tuple[str, int, int]:
-    """Verify the fsynced temp file, rename it to `dest`, fsync the folder (runs in a thread)."""
-    actual = _check_image(tmp)
-    _check_expected(actual, *expect)
-    os.replace(tmp, dest)
-    fsync_dir(dest.parent)
-    return actual
+    """Verify the bytes, write them to `tmp`, fsync, rename to `dest`, fsync the folder."""
+    [result] = _store_batch([(data, tmp, dest, expect)])
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+_Job = tuple[bytes, Path, Path, tuple[int | None, int | None, str | None]]
+
+
+def _store_batch(jobs: list[_Job]) -> list[tuple[str, int, int] | BaseException]:
+    """Publish many files at once (runs in a thread): each is verified, written to its temp
+    name and fsynced, then renamed; each folder is fsynced once at the end (group commit).
+    Returns per file its (content type, width, height), or the exception that stopped it."""
+    results: list[tuple[str, int, int] | BaseException] = []
+    folders: set[Path] = set()
+    for data, tmp, dest, expect in jobs:
+        try:
+            actual = _check_image(data)
+            _check_expected(actual, *expect)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                _write_all(tmp, data)
+                os.replace(tmp, dest)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        except Exception as exc:
+            results.append(exc)
+            continue
+        folders.add(dest.parent)
+        results.append(actual)
+    for folder in folders:
+        fsync_dir(folder)
+    return results
+
+
+class Publisher:
+    """Publishes downloaded files in batches, from the event loop.
+
+    Files that arrive while a batch is being written wait for the next one, so a busy run
+    makes one thread hand-off and one folder fsync per batch instead of per file, and an idle
+    one publishes each file at once.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[_Job, asyncio.Future[tuple[str, int, int]]]] = []
+        self._worker: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    def __repr__(self) -> str:
+        return f"Publisher(waiting={len(self._waiting)}, batches={self.batches})"
+
+    async def publish(
+        self, data: bytes, dest: Path, expect: tuple[int | None, int | None, str | None]
+    ) -> tuple[str, int, int]:
+        future: asyncio.Future[tuple[str, int, int]] = asyncio.get_running_loop().create_future()
+        self._waiting.append(((data, temp_path(dest), dest, expect), future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            self.batches += 1
+            try:
+                results = await asyncio.to_thread(_store_batch, [job for job, _ in batch])
+            except BaseException as exc:  # the thread itself failed: tell every waiter
+                results = [exc] * len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue  # its download was cancelled meanwhile
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
 
 def _write_all(tmp: Path, data: bytes) -> None:
@@ -412,37 +484,28 @@ def _write_all(tmp: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-async def _fetch(
-    session: aiohttp.ClientSession, url: str, tmp: Path, timeout: float, max_bytes: int
-) -> tuple[str, int]:
-    """Stream `url` into `tmp` while hashing; return (sha256, size)."""
+async def _fetch(session: aiohttp.ClientSession, url: str, timeout: float, max_bytes: int) -> bytes:
+    """The body of `url`, at most `max_bytes` (output images are held in memory briefly)."""
     shown = describe_url(url)
-    digest = hashlib.sha256()
+    chunks: list[bytes] = []
     size = 0
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             _check_status(resp.status, shown)
             if resp.content_length is not None and resp.content_length > max_bytes:
                 raise DownloadError(f"{shown}: larger than {max_bytes} bytes", transient=False)
-            with open(tmp, "wb") as fh:
-                async for chunk in resp.content.iter_chunked(_CHUNK):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise DownloadError(
-                            f"{shown}: larger than {max_bytes} bytes", transient=False
-                        )
-                    digest.update(chunk)
-                    fh.write(chunk)
-                    crashpoint("download")  # a half-written temp file, for crash tests
-                fh.flush()
-                await asyncio.to_thread(os.fsync, fh.fileno())
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise DownloadError(f"{shown}: larger than {max_bytes} bytes", transient=False)
+                chunks.append(chunk)
     except (aiohttp.InvalidURL, ValueError) as exc:
         raise DownloadError(f"{shown}: invalid URL ({exc})", transient=False) from None
     except TimeoutError:
         raise DownloadError(f"{shown}: timed out after {timeout}s", transient=True) from None
     except aiohttp.ClientError as exc:
         raise DownloadError(f"{shown}: {type(exc).__name__}: {exc}", transient=True) from None
-    return digest.hexdigest(), size
+    return b"".join(chunks)
 
 
 def _check_status(status: int, shown: str) -> None:
@@ -462,6 +525,7 @@ async def download_image(
     expect_content_type: str | None = None,
     timeout: float = 120.0,
     max_bytes: int = 100 * 1024 * 1024,
+    publisher: Publisher | None = None,
 ) -> DownloadedFile:
     """Download one image (http(s) or data: URI) to `dest`, verified, atomically.
 
@@ -469,21 +533,19 @@ async def download_image(
     `dest` is untouched. A local disk error (OSError, e.g. disk full) is not a download error
     and propagates as it is.
     """
-    tmp = temp_path(dest)
-    await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
+    if url.startswith("data:"):
+        data, _media = decode_data_uri(url, max_bytes)
+    else:
+        data = await _fetch(session, url, timeout, max_bytes)
+    sha, size = hashlib.sha256(data).hexdigest(), len(data)
+    expect = (expect_width, expect_height, expect_content_type)
     try:
-        if url.startswith("data:"):
-            data, _media = decode_data_uri(url, max_bytes)
-            await asyncio.to_thread(_write_all, tmp, data)
-            sha, size = hashlib.sha256(data).hexdigest(), len(data)
+        if publisher is None:
+            content_type, width, height = await asyncio.to_thread(
+                _store, data, temp_path(dest), dest, expect
+            )
         else:
-            sha, size = await _fetch(session, url, tmp, timeout, max_bytes)
-        expect = (expect_width, expect_height, expect_content_type)
-        try:
-            content_type, width, height = await asyncio.to_thread(_publish, tmp, dest, expect)
-        except DownloadError as exc:
-            raise DownloadError(f"{describe_url(url)}: {exc.message}", transient=False) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            content_type, width, height = await publisher.publish(data, dest, expect)
+    except DownloadError as exc:
+        raise DownloadError(f"{describe_url(url)}: {exc.message}", transient=False) from None
     return DownloadedFile(dest, url, size, sha, width, height, content_type)

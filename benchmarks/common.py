@@ -15,6 +15,7 @@ import json
 import os
 import resource
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -32,8 +33,6 @@ IMAGE_SIZE = {"width": 32, "height": 32}
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
 START_ATTEMPTS = 3
-# `python -m batch.cli` does not run the CLI (no `__main__` guard), so call `main` directly.
-_SIM_COMMAND = "from batch.cli import main; main()"
 
 
 def png_data_uri(
@@ -67,9 +66,12 @@ class SimProcess:
         sim.url, sim.key, sim.counters()
     """
 
-    def __init__(self, *, capacity: int, latency: str = "fixed:0") -> None:
+    def __init__(
+        self, *, capacity: int, latency: str = "fixed:0", extra: tuple[str, ...] = ()
+    ) -> None:
         self.capacity = capacity
         self.latency = latency
+        self.extra = extra  # more `firered-batch sim` options, e.g. ("--seed", "3")
         self.key = "bench-" + secrets.token_hex(8)
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -86,8 +88,8 @@ class SimProcess:
         self.port = free_port()
         command = [
             sys.executable,
-            "-c",
-            _SIM_COMMAND,
+            "-m",
+            "batch",  # the `firered-batch` command
             "sim",
             "--port",
             str(self.port),
@@ -97,9 +99,14 @@ class SimProcess:
             self.latency,
             "--key",
             self.key,
+            *self.extra,
         ]
         self.proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -135,6 +142,11 @@ class SimProcess:
         counters: dict[str, Any] = get_json(f"{self.url}/_sim/counters")
         return counters
 
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job's record: submitted_at, started_at, completed_at, service_time, ..."""
+        jobs: list[dict[str, Any]] = get_json(f"{self.url}/_sim/jobs")["jobs"]
+        return jobs
+
     def requests(self, route: str) -> int:
         """Requests the simulator has seen on `route` (submit, status, result, files, ...)."""
         return int(self.counters()["requests"].get(route, 0))
@@ -160,11 +172,30 @@ class SimProcess:
         self.stop()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the benchmark dies, even by SIGKILL."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM unwind (SystemExit) so `with SimProcess(...)` blocks stop their simulator."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def peak_rss_mib(*, children: bool = False) -> float:
     """Peak resident set size in MiB: this process's, or the largest waited-for child's."""
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     kib = resource.getrusage(who).ru_maxrss  # KiB on Linux, bytes on macOS
     return kib / (1024 * 1024) if sys.platform == "darwin" else kib / 1024
+
+
+def cpu_seconds(*, children: bool = False) -> float:
+    """User + system CPU seconds of this process (all threads), or of its waited-for children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def arguments(description: str, default_n: int) -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ from common import (
     ENDPOINT,
     SimProcess,
     arguments,
+    exit_on_sigterm,
     machine,
     payload,
     peak_rss_mib,
@@ -96,6 +97,7 @@ def main() -> None:
     parser = arguments(__doc__.splitlines()[0], default_n=5000)
     parser.add_argument("--workers", type=int, default=64, help="concurrent connections")
     args = parser.parse_args()
+    exit_on_sigterm()
     with SimProcess(capacity=CAPACITY, latency="fixed:0") as sim:
         result = asyncio.run(measure(sim, args.n, args.workers))
         seen = sim.counters()["requests"]

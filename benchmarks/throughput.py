@@ -32,6 +32,8 @@ from common import (
     ENDPOINT,
     SimProcess,
     arguments,
+    cpu_seconds,
+    exit_on_sigterm,
     machine,
     payload,
     peak_rss_mib,
@@ -124,15 +126,20 @@ async def pipeline_items(
 def phase(name: str, n: int, concurrency: int, run: Any, *args: Any) -> tuple[dict[str, Any], Any]:
     """Run one phase against a fresh simulator; its figures and what `run` returned."""
     with SimProcess(capacity=concurrency, latency="fixed:0") as sim:
+        client_cpu, sim_cpu = cpu_seconds(), cpu_seconds(children=True)
         started = time.perf_counter()
         returned = asyncio.run(run(sim, *args))
         wall = time.perf_counter() - started
+        client_cpu = cpu_seconds() - client_cpu
         seen = sim.counters()["requests"]
+    sim_cpu = cpu_seconds(children=True) - sim_cpu  # the simulator's whole life, start included
     figures = {
         f"{name}_wall_s": wall,
         f"{name}_items_per_s": n / wall,
         f"{name}_status_per_item": int(seen.get("status", 0)) / n,
         f"{name}_requests_per_item": sum(int(v) for v in seen.values()) / n,
+        f"{name}_client_cpu_ms_per_item": client_cpu * 1000 / n,
+        f"{name}_sim_cpu_ms_per_item": sim_cpu * 1000 / n,
     }
     return figures, returned
 
@@ -148,6 +155,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=200, help="and simulator capacity")
     parser.add_argument("--profile", type=Path, metavar="PATH", help="cProfile the pipeline")
     args = parser.parse_args()
+    exit_on_sigterm()
     n, conc = args.n, args.concurrency
 
     floor, _ = phase("floor", n, conc, floor_items, n, conc)
@@ -173,13 +181,23 @@ def main() -> None:
             result[f"{key}_items_per_s"],
             result[f"{key}_status_per_item"],
             result[f"{key}_requests_per_item"],
+            result[f"{key}_client_cpu_ms_per_item"],
+            result[f"{key}_sim_cpu_ms_per_item"],
         ]
         for label, key in (("raw-protocol floor", "floor"), ("pipeline (run_job)", "pipeline"))
     ]
     print_table(
         f"throughput: {n} items, concurrency {conc}, simulator capacity {conc}, latency 0 "
         f"({result['machine']['cpus']} CPUs)",
-        ["", "wall s", "items/s", "status req/item", "requests/item"],
+        [
+            "",
+            "wall s",
+            "items/s",
+            "status/item",
+            "requests/item",
+            "client CPU ms/item",
+            "sim CPU ms/item",
+        ],
         rows,
     )
     print(f"ratio pipeline/floor: {result['ratio']:.2f} (target >= 0.70)")

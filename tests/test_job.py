@@ -171,7 +171,7 @@ priority: high
         ),
         (
             "manifest: m.csv\ndefaults:\n  image_url: cat.png\n",
-            "jobs/catalog.yaml:3: defaults.image_urls[0]: file not found ({jobs}/cat.png)",
+            "jobs/catalog.yaml:3: defaults.image: jobs/cat.png: file not found",
         ),
     ],
 )

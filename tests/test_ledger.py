@@ -104,7 +104,7 @@ def test_open_creates_folder_records_migrations_and_reopen_is_idempotent(tmp_pat
         assert conn.execute("SELECT count(*) FROM migrations").fetchone() == (len(SHIPPED),)
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"items", "outputs", "runs", "migrations"} <= tables
-        assert "uploads" not in tables
+        assert "thumbnails" not in tables
     finally:
         conn.close()
 
@@ -117,15 +117,15 @@ def test_a_later_migration_is_applied_once_on_open(
         pass
     calls: list[str] = []
 
-    def m099_uploads(conn: sqlite3.Connection) -> None:
+    def m099_thumbnails(conn: sqlite3.Connection) -> None:
         calls.append("m002")
-        conn.execute("CREATE TABLE uploads (sha256 TEXT PRIMARY KEY, url TEXT NOT NULL)")
+        conn.execute("CREATE TABLE thumbnails (sha256 TEXT PRIMARY KEY, url TEXT NOT NULL)")
 
-    monkeypatch.setattr(mig, "MIGRATIONS", [*mig.MIGRATIONS, ("m099_uploads", m099_uploads)])
+    monkeypatch.setattr(mig, "MIGRATIONS", [*mig.MIGRATIONS, ("m099_thumbnails", m099_thumbnails)])
     with Ledger.open(tmp_path) as led:
-        assert led.applied_migrations() == [*SHIPPED, "m099_uploads"]
+        assert led.applied_migrations() == [*SHIPPED, "m099_thumbnails"]
     with Ledger.open(tmp_path) as led:
-        assert led.applied_migrations() == [*SHIPPED, "m099_uploads"]
+        assert led.applied_migrations() == [*SHIPPED, "m099_thumbnails"]
     assert calls == ["m002"]
 
 

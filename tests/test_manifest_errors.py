@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from batch.localfiles import LocalFileError
 from batch.manifest import ManifestError, iter_items, resolve_image_ref, scan
 from batch.manifest.fields import ImageRefError
 
@@ -32,7 +33,6 @@ def write(path: Path, text: str) -> str:
 
 def test_every_bad_csv_row_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(DATA)
-    local = DATA / "photos" / "cat.png"
     with pytest.raises(ManifestError) as caught:
         scan("bad.csv")
     assert caught.value.errors == [
@@ -42,7 +42,7 @@ def test_every_bad_csv_row_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
         "bad.csv:5: seed: Input should be a valid integer, unable to parse string as an integer",
         "bad.csv:6: image_urls[1]: not a valid URL or file path",
         "bad.csv:7: id: duplicate id 'ok1' (first at bad.csv:2) with a different request",
-        f"bad.csv:9: image_urls[0]: file not found ({local})",
+        "bad.csv:9: image: photos/cat.png: file not found",
         "bad.csv:10: id: must not contain '/', '\\' or NUL",
         "bad.csv:11: prompt: Field required",
         "bad.csv:11: seed: Input should be a valid integer, unable to parse string as an integer",
@@ -157,7 +157,7 @@ def test_yaml_matrix_problems_are_reported_once_on_their_entry(in_tmp: Path) -> 
         "m.yaml:5: id: must not contain '/', '\\' or NUL",
         "m.yaml:6: image_url: not allowed in a matrix prompt (images come from matrix.images)",
         "m.yaml:7: prompt: Field required",
-        f"m.yaml:10: image_urls[1]: file not found ({in_tmp / 'not a url'})",
+        "m.yaml:10: image: not a url: file not found",
         "m.yaml:11: image_urls: an image set must be a URL or a non-empty list of URLs",
         "m.yaml:12: url: unknown key (expected id, urls or image_urls)",
         "m.yaml:12: image_urls: an image set must be a URL or a non-empty list of URLs",
@@ -250,8 +250,7 @@ def test_invalid_job_defaults_are_refused_before_reading(in_tmp: Path) -> None:
         ("https://img.test/a b.png", "not a valid URL or file path"),
         ("ftp://img.test/a.png", "not a valid URL or file path"),
         ("data:image/png;base64", "not a valid data URI"),
-        ("cat.png", "file not found (/base/cat.png)"),
-        ("/abs/cat.png", "file not found (/abs/cat.png)"),
+        ("local:sha256:" + "0" * 64, "unknown local file reference (give local files by path)"),
     ],
 )
 def test_resolve_image_ref_refusals(ref: str, reason: str) -> None:
@@ -272,14 +271,32 @@ def test_resolve_image_ref_passes_urls(ref: str) -> None:
     assert resolve_image_ref(ref, Path("/base")) == [ref]
 
 
-def test_local_file_is_sent_inline_as_a_data_uri(tmp_path: Path) -> None:
-    """Until uploads exist, a small local image travels as a data URI with its bytes."""
-    import base64
+@pytest.mark.parametrize(
+    ("ref", "reason"),
+    [
+        ("cat.png", "/base/cat.png: file not found"),
+        ("/abs/cat.png", "/abs/cat.png: file not found"),
+    ],
+)
+def test_resolve_image_ref_missing_files(ref: str, reason: str) -> None:
+    """A local file that cannot be used is a LocalFileError naming it (reported at `image`)."""
+    with pytest.raises(LocalFileError) as caught:
+        resolve_image_ref(ref, Path("/base"))
+    assert str(caught.value) == reason
 
-    (tmp_path / "cat.png").write_bytes(b"\x89PNG fake bytes")
-    [uri] = resolve_image_ref("cat.png", tmp_path)
-    assert uri.startswith("data:image/png;base64,")
-    assert base64.b64decode(uri.split(",", 1)[1]) == b"\x89PNG fake bytes"
-    (tmp_path / "dir.png").mkdir()
-    with pytest.raises(ImageRefError, match="not a file"):
-        resolve_image_ref("dir.png", tmp_path)
+
+def test_local_file_resolves_to_its_content_reference(tmp_path: Path) -> None:
+    """A local image stands for its content: `local:sha256:<hex>` (uploaded before submit)."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, "PNG")
+    (tmp_path / "cat.png").write_bytes(buf.getvalue())
+    [ref] = resolve_image_ref("cat.png", tmp_path)
+    assert ref == "local:sha256:" + hashlib.sha256(buf.getvalue()).hexdigest()
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(LocalFileError, match="no image files in this folder"):
+        resolve_image_ref("photos", tmp_path)

@@ -59,6 +59,7 @@ async def _truncated(request: web.Request) -> web.StreamResponse:
 
 
 RELEASE = web.AppKey("release", asyncio.Event)
+STARTED = web.AppKey("started", asyncio.Event)
 
 
 async def _stalled(request: web.Request) -> web.StreamResponse:
@@ -67,6 +68,7 @@ async def _stalled(request: web.Request) -> web.StreamResponse:
     resp.content_length = len(PNG)
     await resp.prepare(request)
     await resp.write(PNG[: len(PNG) // 2])
+    request.app[STARTED].set()
     await request.app[RELEASE].wait()
     return resp
 
@@ -97,12 +99,18 @@ def _app() -> web.Application:
     app.router.add_get("/truncated.png", _truncated)
     app.router.add_get("/stalled.png", _stalled)
     app[RELEASE] = asyncio.Event()
+    app[STARTED] = asyncio.Event()
     return app
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[str]:
-    app = _app()
+def server_app() -> web.Application:
+    return _app()
+
+
+@pytest.fixture
+async def server(server_app: web.Application) -> AsyncIterator[str]:
+    app = server_app
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -236,15 +244,12 @@ async def test_a_stalled_body_times_out_as_transient(
 
 
 async def test_cancelling_a_download_leaves_no_temp_file(
-    server: str, session: aiohttp.ClientSession, tmp_path: Path
+    server_app: web.Application, server: str, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     dest = tmp_path / "images" / "k.png"
     task = asyncio.create_task(download_image(session, f"{server}/stalled.png", dest))
-    for _ in range(500):  # until the body is being written to the temporary file
-        await asyncio.sleep(0.01)
-        if leftovers(tmp_path):
-            break
-    assert leftovers(tmp_path), "the download never started writing"
+    async with asyncio.timeout(10):  # until half the body has been sent
+        await server_app[STARTED].wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -14,14 +14,24 @@ from batch.fal.errors import (
     TransientError,
     is_retryable,
 )
+from batch.fal.storage import (
+    DEFAULT_REST_URL,
+    CdnToken,
+    ContentChangedError,
+    StorageClient,
+    encode_data_uri,
+)
 from batch.fal.types import Completed, InProgress, LogEntry, Queued, RequestHandle, Status
 
 __all__ = [
     "DEFAULT_QUEUE_URL",
+    "DEFAULT_REST_URL",
     "AmbiguousSubmitError",
     "AuthError",
+    "CdnToken",
     "Completed",
     "ConnectError",
+    "ContentChangedError",
     "Credentials",
     "FalError",
     "InProgress",
@@ -34,9 +44,11 @@ __all__ = [
     "RequestHandle",
     "StartTimeoutError",
     "Status",
+    "StorageClient",
     "Timeouts",
     "TransientError",
     "credentials_from_env",
+    "encode_data_uri",
     "is_retryable",
     "parse_status",
 ]

@@ -67,6 +67,7 @@ class QueueClient:
             )
             session = aiohttp.ClientSession(connector=connector)
         self._session = session
+        self._credentials = credentials
         self._transport = Transport(session, credentials.header, USER_AGENT)
 
     async def __aenter__(self) -> Self:
@@ -80,6 +81,11 @@ class QueueClient:
     async def close(self) -> None:
         if self._own_session and not self._session.closed:
             await self._session.close()
+
+    @property
+    def credentials(self) -> Credentials:
+        """The key this client sends (hidden in repr), e.g. for a `StorageClient`."""
+        return self._credentials
 
     @property
     def session(self) -> aiohttp.ClientSession:

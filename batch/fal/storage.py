@@ -1,12 +1,363 @@
-"""Files for fal: data URIs now; uploads through fal's storage API come with local inputs."""
+"""Files for fal: uploads through fal's storage API (fal-protocol.md §7), and data URIs.
+
+`StorageClient` speaks the CDN v3 flow:
+
+1. a CDN token: ``POST {rest_url}/storage/auth/token?storage_type=fal-cdn-v3`` with the key,
+   body ``{}`` → ``{token, token_type, base_url, expires_at}``; cached until ``expires_at``
+   (less a margin), fetched again then, or once after an upload call answers 401;
+2. files up to ``multipart_threshold`` (100 MiB): ``POST {base_url}/files/upload`` with
+   ``Authorization: <token_type> <token>``, the content type and ``X-Fal-File-Name`` → the
+   file's ``access_url``. Unlike fal_client, which hard-codes ``v3.fal.media``, the token's
+   ``base_url`` is used, so a simulator (or a regional CDN) serves uploads too;
+3. larger files, multipart: ``POST {base_url}/files/upload/multipart`` → ``{access_url,
+   uploadId}``; ``PUT {access_url}/multipart/{uploadId}/{n}`` for parts of ``part_size``
+   (10 MiB), ``part_concurrency`` at a time, each answering an ``ETag``; then
+   ``POST {access_url}/multipart/{uploadId}/complete`` with ``{"parts": [{partNumber, etag}]}``.
+
+One attempt per call, like `QueueClient`: failures are the same `FalError` tree, made by the
+same `Transport`, and retrying is the caller's decision. The key goes only to ``rest_url``;
+the CDN gets the token. When the caller gives the content's sha256, the bytes read are
+checked against it before anything is sent (before ``complete``, for multipart): a file that
+changed since it was hashed raises `ContentChangedError` instead of uploading other content.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import hashlib
 import mimetypes
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import unquote_to_bytes
+
+import aiohttp
+
+from batch.fal.auth import Credentials
+from batch.fal.client import USER_AGENT
+from batch.fal.errors import AuthError, TransientError
+from batch.fal.transport import Reply, Transport
+
+DEFAULT_REST_URL = "https://rest.fal.ai"
+DEFAULT_CDN_URL = "https://v3.fal.media"
+CDN_STORAGE_TYPE = "fal-cdn-v3"
+MULTIPART_THRESHOLD = 100 * 1024 * 1024
+PART_SIZE = 10 * 1024 * 1024
+UNKNOWN_EXPIRY_S = 600.0  # how long to keep a token whose answer has no readable expires_at
+
+T = TypeVar("T")
+
+
+class ContentChangedError(ValueError):
+    """The bytes read do not have the sha256 the caller expected (the file changed)."""
+
+
+@dataclass(frozen=True)
+class CdnToken:
+    """A CDN upload token and where to use it."""
+
+    token: str
+    token_type: str
+    base_url: str
+    expires_at: float  # epoch seconds
+    fetched_at: float
+
+    @property
+    def header(self) -> str:
+        return f"{self.token_type} {self.token}"
+
+    def __repr__(self) -> str:
+        return f"CdnToken(<hidden>, base_url={self.base_url!r}, expires_at={self.expires_at})"
+
+
+@dataclass(frozen=True)
+class StorageTimeouts:
+    """Per-call limits in seconds."""
+
+    connect: float = 10.0
+    token: float = 30.0
+    upload: float = 600.0  # one single upload (up to 100 MiB)
+    part: float = 300.0  # one multipart part
+
+    def total(self, seconds: float) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=seconds, sock_connect=self.connect)
+
+
+class StorageClient:
+    """Uploads to fal's CDN over a shared aiohttp session (e.g. `QueueClient.session`)."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        credentials: Credentials,
+        *,
+        rest_url: str = DEFAULT_REST_URL,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        part_size: int = PART_SIZE,
+        part_concurrency: int = 4,
+        token_margin: float = 60.0,
+        timeouts: StorageTimeouts | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if part_size < 1 or multipart_threshold < 0 or part_concurrency < 1:
+            raise ValueError("part_size and part_concurrency must be positive")
+        self.rest_url = rest_url.rstrip("/")
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
+        self.part_concurrency = part_concurrency
+        self.token_margin = token_margin
+        self.timeouts = timeouts or StorageTimeouts()
+        self._clock = clock
+        self._transport = Transport(session, credentials.header, USER_AGENT)
+        self._token: CdnToken | None = None
+        self._token_lock = asyncio.Lock()
+        self.token_requests = 0
+
+    # --- token ---------------------------------------------------------------------------
+
+    async def token(self, *, stale: CdnToken | None = None) -> CdnToken:
+        """The cached token while it is valid, else a new one. ``stale``: a token the CDN
+        refused; it is replaced unless another caller has replaced it already."""
+        async with self._token_lock:
+            current = self._token
+            if current is not None and current is not stale and self._fresh(current):
+                return current
+            self._token = await self._fetch_token()
+            return self._token
+
+    def _fresh(self, token: CdnToken) -> bool:
+        margin = min(self.token_margin, (token.expires_at - token.fetched_at) * 0.1)
+        return self._clock() < token.expires_at - margin
+
+    async def _fetch_token(self) -> CdnToken:
+        self.token_requests += 1
+        reply = await self._transport.send(
+            "storage token",
+            "POST",
+            f"{self.rest_url}/storage/auth/token",
+            timeout=self.timeouts.total(self.timeouts.token),
+            json_body={},
+            params={"storage_type": CDN_STORAGE_TYPE},
+        )
+        body = reply.body if isinstance(reply.body, dict) else {}
+        token = body.get("token")
+        if not isinstance(token, str) or not token:
+            raise TransientError("storage token: answer has no token", status=reply.status)
+        now = self._clock()
+        base_url = body.get("base_url")
+        return CdnToken(
+            token=token,
+            token_type=str(body.get("token_type") or "Bearer"),
+            base_url=(
+                base_url if isinstance(base_url, str) and base_url else DEFAULT_CDN_URL
+            ).rstrip("/"),
+            expires_at=_parse_expiry(body.get("expires_at"), now),
+            fetched_at=now,
+        )
+
+    async def _with_token(self, call: Callable[[CdnToken], Awaitable[T]]) -> T:
+        """``call(token)``; on a 401/403, once more with a new token."""
+        token = await self.token()
+        try:
+            return await call(token)
+        except AuthError:
+            token = await self.token(stale=token)
+            return await call(token)
+
+    # --- uploads -------------------------------------------------------------------------
+
+    async def upload(
+        self,
+        source: bytes | str | os.PathLike[str],
+        content_type: str,
+        *,
+        file_name: str | None = None,
+        sha256: str | None = None,
+    ) -> str:
+        """Upload bytes or a file; returns its URL. Above ``multipart_threshold`` bytes a file
+        goes in parts, read from disk one part at a time."""
+        if isinstance(source, bytes):
+            size = len(source)
+        else:
+            size = (await asyncio.to_thread(os.stat, source)).st_size
+        if size > self.multipart_threshold:
+            return await self._with_token(
+                lambda t: self._multipart(t, source, content_type, file_name, sha256)
+            )
+        data = source if isinstance(source, bytes) else await asyncio.to_thread(_read, source)
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise ContentChangedError(f"{_name(source)}: content changed since it was hashed")
+        return await self._with_token(lambda t: self._single(t, data, content_type, file_name))
+
+    async def _single(
+        self, token: CdnToken, data: bytes, content_type: str, file_name: str | None
+    ) -> str:
+        reply = await self._transport.send(
+            "upload",
+            "POST",
+            f"{token.base_url}/files/upload",
+            timeout=self.timeouts.total(self.timeouts.upload),
+            data=data,
+            headers=_upload_headers(token, content_type, file_name),
+        )
+        return _access_url("upload", reply)
+
+    async def _multipart(
+        self,
+        token: CdnToken,
+        source: bytes | str | os.PathLike[str],
+        content_type: str,
+        file_name: str | None,
+        sha256: str | None,
+    ) -> str:
+        created = await self._transport.send(
+            "multipart upload",
+            "POST",
+            f"{token.base_url}/files/upload/multipart",
+            timeout=self.timeouts.total(self.timeouts.token),
+            headers=_upload_headers(token, content_type, file_name),
+        )
+        access_url = _access_url("multipart upload", created)
+        upload_id = created.body.get("uploadId") if isinstance(created.body, dict) else None
+        if not isinstance(upload_id, str) or not upload_id:
+            raise TransientError("multipart upload: answer has no uploadId")
+        base = f"{access_url}/multipart/{upload_id}"
+        etags = await self._parts(token, base, source, sha256)
+        parts = [{"partNumber": n, "etag": etag} for n, etag in sorted(etags.items())]
+        reply = await self._transport.send(
+            "multipart complete",
+            "POST",
+            f"{base}/complete",
+            timeout=self.timeouts.total(self.timeouts.token),
+            json_body={"parts": parts},
+            headers={"Authorization": token.header},
+        )
+        body = reply.body if isinstance(reply.body, dict) else {}
+        url = body.get("access_url")
+        return url if isinstance(url, str) and url else access_url
+
+    async def _parts(
+        self,
+        token: CdnToken,
+        base: str,
+        source: bytes | str | os.PathLike[str],
+        sha256: str | None,
+    ) -> dict[int, str]:
+        """Send the parts in order, ``part_concurrency`` at a time, hashing as they are read."""
+        etags: dict[int, str] = {}
+        digest = hashlib.sha256()
+        slots = asyncio.Semaphore(self.part_concurrency)
+
+        async def put(number: int, chunk: bytes) -> None:
+            try:
+                reply = await self._transport.send(
+                    f"upload part {number}",
+                    "PUT",
+                    f"{base}/{number}",
+                    timeout=self.timeouts.total(self.timeouts.part),
+                    data=chunk,
+                    headers={"Authorization": token.header, "Accept-Encoding": "identity"},
+                )
+            finally:
+                slots.release()
+            etag = reply.headers.get("etag")
+            if not etag:
+                raise TransientError(f"upload part {number}: answer has no ETag")
+            etags[number] = etag
+
+        try:
+            with _Chunks(source, self.part_size) as chunks:
+                async with asyncio.TaskGroup() as group:
+                    number = 0
+                    while chunk := await chunks.next():
+                        number += 1
+                        digest.update(chunk)
+                        await slots.acquire()
+                        group.create_task(put(number, chunk))
+        except BaseExceptionGroup as group_error:
+            raise _first_error(group_error) from None
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise ContentChangedError(f"{_name(source)}: content changed since it was hashed")
+        return etags
+
+
+class _Chunks:
+    """Consecutive chunks of bytes or of a file (read in a thread), then b""."""
+
+    def __init__(self, source: bytes | str | os.PathLike[str], size: int) -> None:
+        self._source = source
+        self._size = size
+        self._offset = 0
+        self._fh: BinaryIO | None = None
+
+    def __enter__(self) -> _Chunks:
+        if not isinstance(self._source, bytes):
+            self._fh = open(self._source, "rb")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+    async def next(self) -> bytes:
+        if self._fh is not None:
+            return await asyncio.to_thread(self._fh.read, self._size)
+        assert isinstance(self._source, bytes)
+        chunk = self._source[self._offset : self._offset + self._size]
+        self._offset += len(chunk)
+        return chunk
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first failure of a part (the others were cancelled because of it)."""
+    first = group.exceptions[0]
+    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _name(source: bytes | str | os.PathLike[str]) -> str:
+    return "data" if isinstance(source, bytes) else os.fspath(source)
+
+
+def _upload_headers(token: CdnToken, content_type: str, file_name: str | None) -> dict[str, str]:
+    headers = {"Authorization": token.header, "Content-Type": content_type}
+    if file_name:
+        headers["X-Fal-File-Name"] = file_name
+    return headers
+
+
+def _access_url(call: str, reply: Reply) -> str:
+    body = reply.body if isinstance(reply.body, dict) else {}
+    url = body.get("access_url")
+    if not isinstance(url, str) or not url:
+        raise TransientError(f"{call}: answer has no access_url", status=reply.status)
+    return url.rstrip("/")
+
+
+def _parse_expiry(value: Any, now: float) -> float:
+    """``expires_at`` (ISO 8601, as fal sends it) as epoch seconds; soon, if unreadable."""
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return now + UNKNOWN_EXPIRY_S
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.timestamp()
+    return now + UNKNOWN_EXPIRY_S
+
+
+# --- data URIs -----------------------------------------------------------------------------
 
 
 def encode_data_uri(data: bytes, content_type: str) -> str:

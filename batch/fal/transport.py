@@ -142,9 +142,14 @@ _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 class Transport:
     """Sends one request with the auth header and a per-call timeout; translates failures."""
 
-    def __init__(self, session: aiohttp.ClientSession, auth_header: str, user_agent: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, auth_header: str | None, user_agent: str
+    ) -> None:
+        """`auth_header` None: no Authorization header (public documents such as a JWKS)."""
         self._session = session
-        self._headers = {"Authorization": auth_header, "User-Agent": user_agent}
+        self._headers = {"User-Agent": user_agent}
+        if auth_header is not None:
+            self._headers["Authorization"] = auth_header
 
     async def send(
         self,
@@ -154,15 +159,24 @@ class Transport:
         *,
         timeout: aiohttp.ClientTimeout,
         json_body: Any = None,
+        data: bytes | None = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         request_id: str | None = None,
         submit: bool = False,
     ) -> Reply:
+        """One request: a JSON body (``json_body``) or raw bytes (``data``); ``headers`` are
+        added to (and may replace) the auth and user-agent headers."""
         all_headers = {**self._headers, "Accept": "application/json", **(headers or {})}
         try:
             async with self._session.request(
-                method, url, json=json_body, params=params, headers=all_headers, timeout=timeout
+                method,
+                url,
+                json=json_body,
+                data=data,
+                params=params,
+                headers=all_headers,
+                timeout=timeout,
             ) as resp:
                 raw = await resp.read()
                 reply = Reply(resp.status, _lower(resp.headers), decode_body(raw))

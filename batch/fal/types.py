@@ -39,12 +39,17 @@ class InProgress:
 
 @dataclass(frozen=True)
 class Completed:
-    """COMPLETED. fal has no FAILED status: a failure is `error` + `error_type` here."""
+    """COMPLETED. fal has no FAILED status: a failure is `error` + `error_type` here.
+
+    `output` is the model's output when it came with the status (a webhook's payload); None
+    means it is at the result endpoint.
+    """
 
     logs: tuple[LogEntry, ...] = ()
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     error_type: str | None = None
+    output: dict[str, Any] | None = None
 
     @property
     def failed(self) -> bool:

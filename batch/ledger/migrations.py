@@ -138,3 +138,44 @@ def m002_submit_intent(conn: sqlite3.Connection) -> None:
 def m003_meta(conn: sqlite3.Connection) -> None:
     """Facts about the ledger as a whole, e.g. the fingerprint of the last manifest planned."""
     conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+@migration
+def m004_uploads(conn: sqlite3.Connection) -> None:
+    """Local input images: what each file was when last read (so an unchanged file is not read
+    again, and its bytes can be found by sha256), and the upload cache: (sha256, the storage API
+    it went to) → its URL and upload time."""
+    conn.execute(
+        """
+        CREATE TABLE local_files (
+            path TEXT PRIMARY KEY,
+            sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            ctime_ns INTEGER NOT NULL,
+            content_type TEXT NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            seen_at REAL NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX local_files_sha256 ON local_files (sha256)")
+    conn.execute(
+        """
+        CREATE TABLE uploads (
+            sha256 TEXT NOT NULL,
+            storage TEXT NOT NULL,
+            url TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            uploaded_at REAL NOT NULL,
+            PRIMARY KEY (sha256, storage)
+        )
+        """
+    )
+
+
+@migration
+def m005_request_id_index(conn: sqlite3.Connection) -> None:
+    """Find an item by fal's request id: what a webhook names (`Ledger.find_request`)."""
+    conn.execute("CREATE INDEX items_request_id ON items (request_id) WHERE request_id IS NOT NULL")

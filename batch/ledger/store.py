@@ -35,6 +35,7 @@ from batch.ledger.models import (
     redact,
 )
 from batch.ledger.plan import LOOKUP, Hasher, chunked, plan_items
+from batch.ledger.uploads import UploadCache
 from batch.outputs import OutputRecord, output_path
 
 LEDGER_FILE = "ledger.sqlite"
@@ -119,6 +120,11 @@ class Ledger:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    @property
+    def uploads(self) -> UploadCache:
+        """Local input files and the upload cache (`batch.ledger.uploads`)."""
+        return UploadCache(self._conn, self._lock, self._clock)
 
     def applied_migrations(self) -> list[str]:
         with self._lock:
@@ -386,6 +392,13 @@ class Ledger:
     def get(self, key: str) -> ItemRow | None:
         with self._lock:
             row = self._conn.execute(f"SELECT {_COLS} FROM items WHERE key = ?", (key,)).fetchone()
+        return None if row is None else ItemRow.from_row(row)
+
+    def find_request(self, request_id: str) -> ItemRow | None:
+        """The item whose current request is `request_id` (what a webhook names), if any."""
+        sql = f"SELECT {_COLS} FROM items WHERE request_id = ? LIMIT 1"
+        with self._lock:
+            row = self._conn.execute(sql, (request_id,)).fetchone()
         return None if row is None else ItemRow.from_row(row)
 
     def get_meta(self, name: str) -> str | None:

@@ -2,7 +2,7 @@
 
 - ``image_url`` (one string) and ``images`` (a list) are aliases of ``image_urls``;
 - every image entry goes through `resolve_image_ref`, the one place that decides what an
-  entry means (URL, data URI, local path);
+  entry means (URL, data URI, local file, folder or glob → ``local:sha256:<hex>``);
 - ``image_size`` is a preset name, ``WIDTHxHEIGHT`` (``1024x768``), or a mapping
   ``{width, height}`` (in a CSV cell: a JSON object);
 - an ``id`` follows `validate_id`.
@@ -10,9 +10,6 @@
 
 from __future__ import annotations
 
-import base64
-import functools
-import mimetypes
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,12 +17,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from batch.localfiles import (
+    LocalFileError,
+    LocalFiles,
+    default_files,
+    expand,
+    local_sha,
+)
 from batch.manifest.errors import FieldProblem, validation_problems
 from batch.schema import EditInput, ImageSize, ImageSizePreset
 
 FIELDS = frozenset(EditInput.model_fields)
 IMAGE_FIELD = "image_urls"
 IMAGE_ALIASES = ("image_url", "images")
+LOCAL_IMAGE_FIELD = "image"  # where problems with local files are reported
 ID_MAX_LENGTH = 128
 
 _HTTP_RE = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?", re.IGNORECASE)
@@ -44,57 +49,64 @@ class ImageRefError(ValueError):
     """An image entry that cannot be used; str() is the reason."""
 
 
-def resolve_image_ref(ref: str, base_dir: Path) -> list[str]:
-    """What one image entry of a manifest stands for, as the references to send.
+def resolve_image_ref(ref: str, base_dir: Path, files: LocalFiles | None = None) -> list[str]:
+    """What one image entry of a manifest stands for, as the references to put in the payload.
 
-    A URL (``http://``, ``https://``) or a ``data:`` URI is sent as it is. Anything else is a
-    local path, relative to ``base_dir`` (the manifest's folder). For now a local file is sent
-    inline as a data URI (small files only); uploads through fal's storage and globs come
-    later, here and only here.
+    A URL (``http://``, ``https://``) or a ``data:`` URI is kept as it is. Anything else is a
+    local path, a folder or a glob, relative to ``base_dir`` (the manifest's folder): each file
+    it names is read, checked and registered in ``files`` (by default the process-wide
+    `default_files`), and stands as ``local:sha256:<hex>`` (see `batch.localfiles`). A
+    ``local:sha256:`` reference already registered is kept.
+
+    Raises `ImageRefError` for an entry that is neither (reported at ``image_urls[i]``) and
+    `LocalFileError` for a local file that cannot be used (reported at ``image``).
     """
+    text, kind = _classify(ref)
+    files = files if files is not None else default_files()
+    if kind == "local":
+        sha = local_sha(text)
+        if sha is None or files.lookup(sha) is None:
+            raise ImageRefError("unknown local file reference (give local files by path)")
+        return [text]
+    if kind != "path":
+        return [text]
+    paths, many = expand(text, base_dir)
+    if many:
+        files.prefetch(paths)
+    return [files.resolve(path).ref for path in paths]
+
+
+def image_set_files(ref: str, base_dir: Path) -> list[str] | None:
+    """The files of an entry that names a folder or a glob (`LocalFileError` if none), or None
+    for any other entry (a URL, a data URI, one file, an invalid entry)."""
+    try:
+        text, kind = _classify(ref)
+    except ImageRefError:
+        return None
+    if kind != "path":
+        return None
+    paths, many = expand(text, base_dir)
+    return paths if many else None
+
+
+def _classify(ref: str) -> tuple[str, str]:
+    """(stripped entry, kind): kind is ``url``, ``data``, ``local`` (a registered reference) or
+    ``path``; `ImageRefError` when it is none of them."""
     text = ref.strip()
     if not text or _CONTROL_RE.search(text):
         raise ImageRefError("not a valid URL or file path")
     if _HTTP_RE.fullmatch(text):
-        return [text]
+        return text, "url"
     scheme = text.split(":", 1)[0].lower() if _SCHEME_RE.match(text) else ""
     if scheme == "data":
         if "," not in text:
             raise ImageRefError("not a valid data URI")
-        return [text]
+        return text, "data"
+    if scheme == "local":
+        return text, "local"
     if len(scheme) > 1:  # http: without a host, ftp:, s3:, file: …; "C:" is a Windows drive
         raise ImageRefError("not a valid URL or file path")
-    path = (base_dir / Path(text).expanduser()).resolve()
-    return [_inline_file(path)]
-
-
-MAX_INLINE_BYTES = 4 * 1024 * 1024
-
-
-def _inline_file(path: Path) -> str:
-    try:
-        stat = path.stat()
-    except OSError:
-        raise ImageRefError(f"file not found ({path})") from None
-    if not path.is_file():
-        raise ImageRefError(f"not a file ({path})")
-    if stat.st_size > MAX_INLINE_BYTES:
-        raise ImageRefError(
-            f"file is larger than {MAX_INLINE_BYTES // (1024 * 1024)} MiB, too big to send "
-            f"inline ({path})"
-        )
-    return _data_uri(str(path), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=256)
-def _data_uri(path: str, mtime_ns: int, size: int) -> str:
-    """The file as a data URI; cached on (path, mtime, size) so a matrix reads it once."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ImageRefError(f"cannot read ({path}): {exc.strerror}") from None
-    content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
-    return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
+    return text, "path"
 
 
 def validate_id(value: object) -> str:
@@ -151,47 +163,58 @@ def _apply_aliases(fields: dict[str, Any], problems: list[FieldProblem]) -> None
         fields[IMAGE_FIELD] = fields.pop("images")
 
 
-def _resolve_images(refs: list[Any], base_dir: Path, problems: list[FieldProblem]) -> list[Any]:
+def _resolve_images(
+    refs: list[Any], base_dir: Path, files: LocalFiles | None, problems: list[FieldProblem]
+) -> list[Any]:
     resolved: list[Any] = []
     for index, ref in enumerate(refs):
         if not isinstance(ref, str):
             resolved.append(ref)  # pydantic reports the type
             continue
         try:
-            resolved.extend(resolve_image_ref(ref, base_dir))
+            resolved.extend(resolve_image_ref(ref, base_dir, files))
         except ImageRefError as exc:
             problems.append(((IMAGE_FIELD, index), str(exc)))
+            resolved.append(ref)
+        except LocalFileError as exc:
+            problems.append(((LOCAL_IMAGE_FIELD,), str(exc)))
             resolved.append(ref)
     return resolved
 
 
 def normalize_fields(
-    data: Mapping[str, Any], base_dir: Path
+    data: Mapping[str, Any], base_dir: Path, files: LocalFiles | None = None
 ) -> tuple[dict[str, Any], list[FieldProblem]]:
     """Aliases folded, image entries resolved, ``image_size`` parsed; types are left to pydantic.
 
-    Returns the fields and the problems found; a field with a problem keeps its raw value.
+    Returns the fields and the problems found; a field with a problem keeps its raw value (a
+    problem with a local file is at ``image`` and leaves ``image_urls`` out of the request).
     """
     fields = dict(data)
     problems: list[FieldProblem] = []
     _apply_aliases(fields, problems)
     if isinstance(fields.get(IMAGE_FIELD), list):
-        fields[IMAGE_FIELD] = _resolve_images(fields[IMAGE_FIELD], base_dir, problems)
+        fields[IMAGE_FIELD] = _resolve_images(fields[IMAGE_FIELD], base_dir, files, problems)
     if "image_size" in fields:
         fields["image_size"], size_problems = normalize_image_size(fields["image_size"])
         problems.extend(size_problems)
     return fields, problems
 
 
+def faulty_fields(problems: list[FieldProblem]) -> set[str | int]:
+    """The input fields a list of problems is about (``image`` stands for ``image_urls``)."""
+    return {IMAGE_FIELD if loc[0] == LOCAL_IMAGE_FIELD else loc[0] for loc, _ in problems if loc}
+
+
 def check_fields(
-    data: Mapping[str, Any], base_dir: Path
+    data: Mapping[str, Any], base_dir: Path, files: LocalFiles | None = None
 ) -> tuple[dict[str, Any], list[FieldProblem]]:
     """Validate a partial request (defaults, a matrix prompt): each field alone, none required.
 
     Returns the normalized fields without the faulty ones, and the problems.
     """
-    fields, problems = normalize_fields(data, base_dir)
-    faulty = {loc[0] for loc, _ in problems}
+    fields, problems = normalize_fields(data, base_dir, files)
+    faulty = faulty_fields(problems)
     probe = EditInput.model_construct()
     for name, value in fields.items():
         if name in faulty:

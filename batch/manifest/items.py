@@ -16,8 +16,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from batch.localfiles import LocalFiles
 from batch.manifest.errors import FieldProblem, validation_problems
-from batch.manifest.fields import normalize_fields, validate_id
+from batch.manifest.fields import faulty_fields, normalize_fields, validate_id
 from batch.schema import EditInput
 
 
@@ -73,6 +74,7 @@ def build_item(
     endpoint: str,
     base_dir: Path,
     source: str,
+    files: LocalFiles | None = None,
 ) -> Built | list[FieldProblem]:
     """Merge ``defaults`` (already normalized) under one row's fields and validate the result.
 
@@ -86,9 +88,9 @@ def build_item(
             user_id = validate_id(row.pop("id"))
         except ValueError as exc:
             problems.append((("id",), str(exc)))
-    fields, field_problems = normalize_fields(row, base_dir)
+    fields, field_problems = normalize_fields(row, base_dir, files)
     problems.extend(field_problems)
-    faulty = {loc[0] for loc, _ in field_problems}
+    faulty = faulty_fields(field_problems)
     merged = {**defaults, **{k: v for k, v in fields.items() if k not in faulty}}
     try:
         model = EditInput.model_validate(merged)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from batch.localfiles import LocalFiles
 from batch.manifest.errors import Problem
 from batch.manifest.fields import FIELDS, IMAGE_ALIASES, IMAGE_FIELD
 
@@ -46,6 +47,7 @@ class Defaults:
 class ReadContext:
     base_dir: Path  # the manifest's folder, for relative image paths
     defaults: Mapping[str, Any] = field(default_factory=dict)  # the job's defaults
+    files: LocalFiles | None = None  # where local images are read and registered
 
 
 Event = Row | Problem | Defaults

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batch.localfiles import LOCAL_PREFIX, ImageLimits, LocalFiles
 from batch.manifest.errors import ManifestError, Messages, Problem, display_path, format_loc
 from batch.manifest.fields import check_fields
 from batch.manifest.items import Built, EditItem, SeenKeys, build_item
 from batch.manifest.readers import Defaults, Event, ReadContext, Row, read_csv, read_jsonl
 from batch.manifest.yaml_reader import read_yaml
+from batch.pricing import Estimate, output_basis
 from batch.schema import DEFAULT_ENDPOINT, image_size_pixels
 
 PathLike = str | os.PathLike[str]
@@ -49,21 +51,26 @@ class ManifestScan:
     output_images: int = 0
     output_megapixels: float = 0.0
     unknown_size_items: int = 0
-    inline_images: int = 0  # data: URIs, local files sent inline among them
+    inline_images: int = 0  # data: URIs
+    local_images: int = 0  # references to local files (``local:sha256:…``)
+    local_files: int = 0  # distinct local files
     duplicates: int = 0
     invalid_rows: int = 0
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     omitted_errors: int = 0
     omitted_warnings: int = 0
+    # For cost: sizes taken from local or inline inputs too (`batch.pricing.Estimate`).
+    estimate: Estimate = field(default_factory=Estimate)
 
     def describe(self) -> str:
         """One line for people, e.g. ``m.csv: 3 items, 4 input images → 6 output images, 3.1 MP
         (+1 item at input size), 1 duplicate skipped``."""
         text = (
             f"{display_path(self.path)}: {_n(self.items, 'item')}, "
-            f"{_n(self.images, 'input image')} → {_n(self.output_images, 'output image')}, "
-            f"{self.output_megapixels:.1f} MP"
+            f"{_n(self.images, 'input image')}"
+            + (f" ({_n(self.local_files, 'local file')})" if self.local_files else "")
+            + f" → {_n(self.output_images, 'output image')}, {self.output_megapixels:.1f} MP"
         )
         if self.unknown_size_items:
             text += f" (+{_n(self.unknown_size_items, 'item')} at input size)"
@@ -78,8 +85,10 @@ def _n(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
-def _check_job_defaults(defaults: Mapping[str, Any] | None, base_dir: Path) -> dict[str, Any]:
-    values, problems = check_fields(defaults or {}, base_dir)
+def _check_job_defaults(
+    defaults: Mapping[str, Any] | None, base_dir: Path, files: LocalFiles
+) -> dict[str, Any]:
+    values, problems = check_fields(defaults or {}, base_dir, files)
     if problems:
         raise ManifestError([f"defaults: {format_loc(loc)}: {why}" for loc, why in problems])
     return values
@@ -94,11 +103,11 @@ _Outcome = Built | Problem | list[Problem] | _Duplicate
 
 
 def _events(
-    path: Path, name: str, endpoint: str, defaults: Mapping[str, Any] | None
+    path: Path, name: str, endpoint: str, defaults: Mapping[str, Any] | None, files: LocalFiles
 ) -> Iterator[_Outcome]:
     """In file order: valid items, duplicates, problems, and an invalid row's problems (a list)."""
     base_dir = path.resolve().parent
-    base = _check_job_defaults(defaults, base_dir)
+    base = _check_job_defaults(defaults, base_dir, files)
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         why = f"unknown manifest format '{path.suffix}' (expected .yaml, .yml, .csv or .jsonl)"
@@ -109,11 +118,11 @@ def _events(
         return
     seen = SeenKeys()
     try:
-        for event in reader(path, ReadContext(base_dir, base)):
+        for event in reader(path, ReadContext(base_dir, base, files)):
             if isinstance(event, Defaults):
                 base = {**base, **event.values}
             elif isinstance(event, Row):
-                yield _row(event, seen, name, endpoint, base, base_dir)
+                yield _row(event, seen, name, endpoint, base, base_dir, files)
             else:
                 yield event
     except OSError as exc:
@@ -127,10 +136,16 @@ def _row(
     endpoint: str,
     defaults: Mapping[str, Any],
     base_dir: Path,
+    files: LocalFiles,
 ) -> _Outcome:
     source = f"{name}:{row.line}"
     built = build_item(
-        row.data, defaults=defaults, endpoint=endpoint, base_dir=base_dir, source=source
+        row.data,
+        defaults=defaults,
+        endpoint=endpoint,
+        base_dir=base_dir,
+        source=source,
+        files=files,
     )
     if isinstance(built, list):
         return [Problem(row.line, loc, why) for loc, why in built]
@@ -153,16 +168,28 @@ class _Tally:
     pixels: int = 0
     unknown_size: int = 0
     inline_images: int = 0
+    local_images: int = 0
     duplicates: int = 0
     invalid_rows: int = 0
     errors: Messages = field(default_factory=Messages)
     warnings: Messages = field(default_factory=Messages)
+    files: LocalFiles | None = None
+    estimate: Estimate = field(default_factory=Estimate)
+
+    def _local_size(self, sha256: str) -> tuple[int, int] | None:
+        try:
+            found = self.files.lookup(sha256) if self.files is not None else None
+        except ValueError:
+            return None
+        return None if found is None else (found.width, found.height)
 
     def count(self, built: Built) -> None:
         model = built.model
+        self.estimate.add(*output_basis(built.item.payload, self._local_size))
         self.items += 1
         self.images += len(model.image_urls)
         self.inline_images += sum(url.startswith("data:") for url in model.image_urls)
+        self.local_images += sum(url.startswith(LOCAL_PREFIX) for url in model.image_urls)
         self.output_images += model.num_images
         size = image_size_pixels(model.image_size)
         if size is None:
@@ -177,18 +204,22 @@ def scan(
     endpoint: str = DEFAULT_ENDPOINT,
     defaults: Mapping[str, Any] | None = None,
     skip_invalid: bool = False,
+    files: LocalFiles | None = None,
 ) -> ManifestScan:
     """Read the whole manifest once, without network: every error, every warning, the counts.
 
     Raises `ManifestError` listing all errors (``file:line: field: reason``), unless
     ``skip_invalid``: then the errors are returned in the scan and only the valid items are
     counted. Errors about the file itself (missing, bad syntax, unknown format) always raise.
+    Local images are read and checked into ``files`` (default: a new `LocalFiles` with the
+    default `ImageLimits`); pass the same registry to `iter_items` to read each file once.
     """
     manifest = Path(path)
     name = display_path(manifest)
-    tally = _Tally()
+    files = files if files is not None else LocalFiles(ImageLimits())
+    tally = _Tally(files=files)
     fatal = False
-    for event in _events(manifest, name, endpoint, defaults):
+    for event in _events(manifest, name, endpoint, defaults, files):
         if isinstance(event, Built):
             tally.count(event)
         elif isinstance(event, list):
@@ -216,12 +247,15 @@ def scan(
         output_megapixels=tally.pixels / 1_000_000,
         unknown_size_items=tally.unknown_size,
         inline_images=tally.inline_images,
+        local_images=tally.local_images,
+        local_files=len(files),
         duplicates=tally.duplicates,
         invalid_rows=tally.invalid_rows,
         errors=tuple(errors.kept),
         warnings=tuple(warnings.kept),
         omitted_errors=errors.omitted,
         omitted_warnings=warnings.omitted,
+        estimate=tally.estimate,
     )
 
 
@@ -230,15 +264,17 @@ def iter_items(
     *,
     endpoint: str = DEFAULT_ENDPOINT,
     defaults: Mapping[str, Any] | None = None,
+    files: LocalFiles | None = None,
 ) -> Iterator[EditItem]:
     """Stream the valid items, duplicates dropped, in file order (lazily: a generator).
 
     Invalid rows are skipped silently: `scan` first (or use `load`) to refuse them. A problem
-    with the file itself raises `ManifestError`.
+    with the file itself raises `ManifestError`. ``files`` as for `scan`.
     """
     manifest = Path(path)
     name = display_path(manifest)
-    for event in _events(manifest, name, endpoint, defaults):
+    files = files if files is not None else LocalFiles(ImageLimits())
+    for event in _events(manifest, name, endpoint, defaults, files):
         if isinstance(event, Built):
             yield event.item
         elif isinstance(event, Problem) and event.kind == "fatal":
@@ -253,9 +289,12 @@ class Manifest:
     endpoint: str
     defaults: Mapping[str, Any]
     summary: ManifestScan
+    files: LocalFiles | None = None
 
     def __iter__(self) -> Iterator[EditItem]:
-        return iter_items(self.path, endpoint=self.endpoint, defaults=self.defaults)
+        return iter_items(
+            self.path, endpoint=self.endpoint, defaults=self.defaults, files=self.files
+        )
 
 
 def load(
@@ -264,7 +303,12 @@ def load(
     endpoint: str = DEFAULT_ENDPOINT,
     defaults: Mapping[str, Any] | None = None,
     skip_invalid: bool = False,
+    files: LocalFiles | None = None,
 ) -> Manifest:
-    """`scan` (raising `ManifestError` unless ``skip_invalid``), then items on iteration."""
-    summary = scan(path, endpoint=endpoint, defaults=defaults, skip_invalid=skip_invalid)
-    return Manifest(Path(path), endpoint, dict(defaults or {}), summary)
+    """`scan` (raising `ManifestError` unless ``skip_invalid``), then items on iteration; the
+    two share one `LocalFiles`, so each local image is read once."""
+    files = files if files is not None else LocalFiles(ImageLimits())
+    summary = scan(
+        path, endpoint=endpoint, defaults=defaults, skip_invalid=skip_invalid, files=files
+    )
+    return Manifest(Path(path), endpoint, dict(defaults or {}), summary, files)

@@ -13,6 +13,8 @@ matrix:                                            # every prompt × every image
     - https://…/a.png                              # id i0: one image
     - [https://…/b.png, https://…/c.png]           # id i1: two images in one request
     - {id: shoe, urls: [https://…/d.png]}          # id shoe
+    - photos/                                      # one image set per image file in it
+    - shots/**/*.jpg                               # one image set per file matched
 ```
 
 Matrix ids: ``<prompt id>__<image-set id>``, where a prompt's id is its ``id`` or ``p<index>``
@@ -20,6 +22,11 @@ and an image set's is its ``id`` or ``i<index>`` (0-based position in its list).
 above is "make it blue" on [b, c]. Appending prompts or image sets keeps every existing id;
 inserting or reordering entries without ``id`` renumbers the ones after them. A matrix item's
 line is its prompt's line. A prompt may set any input field but the images.
+
+A folder or glob given as a whole entry of ``images:`` is one image set per file, whose id is
+the first 16 hex digits of the file's sha256: renaming or moving a file keeps its items, new
+pixels make new ones, and two files with the same content are one image set. Inside a list or
+an ``urls:`` a folder or glob is expanded in place: all its files go in that one request.
 """
 
 from __future__ import annotations
@@ -31,12 +38,15 @@ from typing import Any
 
 import yaml
 
+from batch.localfiles import LocalFileError, default_files
 from batch.manifest.errors import FieldProblem, Problem
 from batch.manifest.fields import (
     IMAGE_ALIASES,
     IMAGE_FIELD,
+    LOCAL_IMAGE_FIELD,
     ImageRefError,
     check_fields,
+    image_set_files,
     resolve_image_ref,
     validate_id,
 )
@@ -52,6 +62,7 @@ from batch.manifest.yamlfile import (
 )
 
 SECTIONS = ("defaults", "items", "matrix")
+FILE_SET_ID_LENGTH = 16
 _SET_KEYS = ("id", "urls", IMAGE_FIELD)
 
 
@@ -109,7 +120,7 @@ def _defaults(node: yaml.Node, ctx: ReadContext) -> Iterator[Event]:
         yield Problem(line_of(node), ("defaults",), "must be a mapping of input fields")
         return
     yield from _dup_problems(node)
-    values, problems = check_fields(construct(node), ctx.base_dir)
+    values, problems = check_fields(construct(node), ctx.base_dir, ctx.files)
     for loc, why in problems:
         yield Problem(find_line(node, loc), loc, why)
     yield Defaults(values)
@@ -139,7 +150,17 @@ def _matrix(node: yaml.Node, ctx: ReadContext) -> Iterator[Event]:
     for key, prefix in _PARSERS:
         parse = _prompt_fields if key == "prompts" else _image_set_fields
         for index, entry in enumerate(lists[key]):
-            part = _part(entry, f"{prefix}{index}", parse(construct(entry), ctx))
+            value = construct(entry)
+            if key == "images" and isinstance(value, str):
+                try:
+                    many = image_set_files(value, ctx.base_dir)
+                except LocalFileError as exc:
+                    yield Problem(line_of(entry), (LOCAL_IMAGE_FIELD,), str(exc))
+                    continue
+                if many is not None:
+                    yield from _file_sets(many, line_of(entry), parts["images"], ctx)
+                    continue
+            part = _part(entry, f"{prefix}{index}", parse(value, ctx))
             if isinstance(part, _Part):
                 parts[key].append(part)
             else:
@@ -148,6 +169,26 @@ def _matrix(node: yaml.Node, ctx: ReadContext) -> Iterator[Event]:
         for image_set in parts["images"]:
             combined = f"{prompt.id}__{image_set.id}"
             yield Row(prompt.line, {**prompt.fields, **image_set.fields, "id": combined})
+
+
+def _file_sets(
+    paths: list[str], line: int, sets: list[_Part], ctx: ReadContext
+) -> Iterator[Problem]:
+    """A folder or glob in ``matrix.images``: one image set per file, its id the first
+    `FILE_SET_ID_LENGTH` hex digits of the file's sha256 (a rename keeps it, new pixels don't)."""
+    files = ctx.files if ctx.files is not None else default_files()
+    files.prefetch(paths)
+    seen: set[str] = set()
+    for path in paths:
+        try:
+            file = files.resolve(path)
+        except LocalFileError as exc:
+            yield Problem(line, (LOCAL_IMAGE_FIELD,), str(exc))
+            continue
+        if file.sha256 not in seen:  # identical files: one image set
+            seen.add(file.sha256)
+            set_id = file.sha256[:FILE_SET_ID_LENGTH]
+            sets.append(_Part(set_id, line, {IMAGE_FIELD: [file.ref]}))
 
 
 def _matrix_lists(node: yaml.Node, lists: dict[str, list[yaml.Node]]) -> Iterator[Problem]:
@@ -200,7 +241,9 @@ def _prompt_fields(value: Any, ctx: ReadContext) -> tuple[dict[str, Any], list[F
             del fields[key]
             why = "not allowed in a matrix prompt (images come from matrix.images)"
             problems.append(((key,), why))
-    _, field_problems = check_fields({k: v for k, v in fields.items() if k != "id"}, ctx.base_dir)
+    _, field_problems = check_fields(
+        {k: v for k, v in fields.items() if k != "id"}, ctx.base_dir, ctx.files
+    )
     return fields, problems + field_problems
 
 
@@ -225,8 +268,10 @@ def _image_set_fields(value: Any, ctx: ReadContext) -> tuple[dict[str, Any], lis
             problems.append(((IMAGE_FIELD, position), "Input should be a valid string"))
             continue
         try:
-            resolve_image_ref(ref, ctx.base_dir)
+            resolve_image_ref(ref, ctx.base_dir, ctx.files)
         except ImageRefError as exc:
             problems.append(((IMAGE_FIELD, position), str(exc)))
+        except LocalFileError as exc:
+            problems.append(((LOCAL_IMAGE_FIELD,), str(exc)))
     fields[IMAGE_FIELD] = refs
     return fields, problems

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from batch.manifest.errors import Loc
-from batch.manifest.fields import IMAGE_ALIASES, IMAGE_FIELD
+from batch.manifest.fields import IMAGE_ALIASES, IMAGE_FIELD, LOCAL_IMAGE_FIELD
 
 
 class YamlFileError(ValueError):
@@ -83,12 +83,14 @@ def duplicate_keys(node: yaml.MappingNode) -> Iterator[tuple[Any, int]]:
 def find_line(node: yaml.Node, loc: Loc) -> int:
     """The line of the deepest node along ``loc`` (a mapping key's own line for a key).
 
-    ``image_urls`` also finds the aliases it was written as (``image_url``, ``images``).
+    ``image_urls`` (and ``image``, where local-file problems are reported) also finds the
+    aliases it was written as (``image_url``, ``images``).
     """
     line = line_of(node)
     for part in loc:
         if isinstance(node, yaml.MappingNode):
-            names = (part, *IMAGE_ALIASES) if part == IMAGE_FIELD else (part,)
+            images = part in (IMAGE_FIELD, LOCAL_IMAGE_FIELD)
+            names = (IMAGE_FIELD, *IMAGE_ALIASES) if images else (part,)
             match = next(((k, v) for key, k, v in mapping_entries(node) if key in names), None)
             if match is None:
                 break

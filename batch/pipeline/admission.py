@@ -17,6 +17,11 @@ from asyncio_throttle.throttler import Throttler
 _SMOOTH_RATE = 20.0  # up to this rate, pace one submit per 1/rate s instead of bursts
 
 
+def make_throttler(rate: float) -> Throttler:
+    """An asyncio-throttle limiter for `rate` calls per second, paced evenly."""
+    return Throttler(*_throttle_shape(rate))
+
+
 def _throttle_shape(rate: float) -> tuple[int, float]:
     """(submits per window, window seconds) for a sliding-window limiter that paces evenly."""
     if rate <= _SMOOTH_RATE:
@@ -35,7 +40,7 @@ class Admission:
         self.rate_limited = 0
         self._paused_until = 0.0
         self._slots = asyncio.Semaphore(concurrency)
-        self._throttle = Throttler(*_throttle_shape(rate))
+        self._throttle = make_throttler(rate)
 
     def __repr__(self) -> str:
         return (

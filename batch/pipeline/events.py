@@ -29,7 +29,11 @@ class RunStats:
     submits: int = 0
     rate_limited: int = 0
     failed_by_kind: Counter[str] = field(default_factory=Counter)
+    webhooks: Counter[str] = field(default_factory=Counter)  # wait: webhook (webhook_wait.py)
     started: float = field(default_factory=time.monotonic)
+
+    def count_status_request(self) -> None:
+        self.status_requests += 1
 
     @property
     def done(self) -> int:
@@ -64,6 +68,7 @@ class RunStats:
             "status_requests": self.status_requests,
             "rate_limited": self.rate_limited,
             "failed_by_kind": dict(self.failed_by_kind),
+            "webhooks": dict(self.webhooks),
         }
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import aiohttp
 from pydantic import ValidationError
@@ -32,11 +32,13 @@ from batch.fal import (
     RequestHandle,
     TransientError,
 )
-from batch.ledger import ItemRow, Ledger
-from batch.outputs import DownloadError, OutputRecord, download_image, safe_name
+from batch.ledger import InvalidTransitionError, ItemRow, Ledger
+from batch.outputs import DownloadError, OutputRecord, Publisher, download_image, safe_name
 from batch.pipeline.admission import Admission
+from batch.pipeline.budget import Budget
 from batch.pipeline.events import RunStats
 from batch.pipeline.policy import RetryPolicy
+from batch.pipeline.uploads import InputFileError, Uploader
 from batch.pipeline.waiting import Waiter
 from batch.schema import EditOutput, OutputImage
 
@@ -57,12 +59,16 @@ class ItemContext:
     output_dir: Path
     filename_template: str
     downloads: asyncio.Semaphore
+    publisher: Publisher = field(default_factory=Publisher)
     priority: str | None = None
     start_timeout: float | None = None
     deadline: float | None = None
     webhook_url: str | None = None
     on_change: Callable[[], None] = field(default=lambda: None)
     draining: Callable[[], bool] = field(default=lambda: False)
+    uploads: Uploader | None = None  # local images → URLs before each submit
+    detach: bool = False  # run --detach: submit only; a webhook receiver collects the results
+    budget: Budget | None = None  # budget.max_usd: may this item still be paid for?
 
     def progress_tick(self) -> None:
         self.on_change()
@@ -100,16 +106,34 @@ async def run_item(ctx: ItemContext, row: ItemRow, slot: Slot) -> float | None:
     """
     try:
         handle = _handle_of(ctx, row) or await _submit(ctx, row)
+        if ctx.detach:
+            return None  # `webhook serve` collects it, or a later run re-attaches
         completed = await _wait(ctx, row, handle)
         output = await _fetch_result(ctx, row, handle, completed)
         slot.release()
         await _collect(ctx, row, output)
     except Later as later:
         return later.when
-    except Finished:
-        pass
+    except (Finished, InvalidTransitionError):
+        pass  # recorded; or another finalizer (`webhook serve`) moved the item on first
     finally:
         slot.release()
+    return None
+
+
+async def finish_item(
+    ctx: ItemContext, row: ItemRow, handle: RequestHandle, completed: Completed
+) -> float | None:
+    """Finalize an item whose request has completed (a webhook said so): its result (the
+    delivered output, or fetched), downloads, completion — as `run_item` does after waiting.
+    Returns when to come back, or None when the item is done."""
+    try:
+        output = await _fetch_result(ctx, row, handle, completed)
+        await _collect(ctx, row, output)
+    except Later as later:
+        return later.when
+    except (Finished, InvalidTransitionError):
+        pass
     return None
 
 
@@ -126,9 +150,12 @@ def _handle_of(ctx: ItemContext, row: ItemRow) -> RequestHandle | None:
 async def _submit(ctx: ItemContext, row: ItemRow) -> RequestHandle:
     if row.attempts >= ctx.policy.attempts:
         _fail(ctx, row, "exhausted", row.error_message or "no attempts left")
+    payload = await _payload(ctx, row)
     await ctx.admission.before_submit()
     if ctx.draining():
         raise Later(time.monotonic())  # stopping: nothing new is sent; the next run does it
+    if ctx.budget is not None and not ctx.budget.admit(row):
+        raise Later(time.monotonic())  # over budget: the budget stopped the run; left pending
     if row.submit_started_at is not None:
         # An earlier run sent this submit and died before recording the answer.
         _note_ambiguous(ctx, row)
@@ -137,7 +164,7 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> RequestHandle:
     try:
         handle = await ctx.client.submit(
             row.endpoint,
-            row.payload,
+            payload,
             webhook_url=ctx.webhook_url,
             priority=ctx.priority,
             start_timeout=ctx.start_timeout,
@@ -172,6 +199,22 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> RequestHandle:
     return handle
 
 
+async def _payload(ctx: ItemContext, row: ItemRow) -> dict[str, Any]:
+    """What is sent: the ledger's payload with its local images uploaded (or inlined)."""
+    if ctx.uploads is None:
+        return row.payload
+    try:
+        return await ctx.uploads.prepare(row.payload)
+    except InputFileError as exc:
+        _fail(ctx, row, "input", str(exc))
+    except AuthError:
+        raise
+    except (TransientError, RateLimitedError) as exc:
+        _retry(ctx, row, exc, kind="upload")  # the uploader's own retries are used up
+    except PermanentError as exc:
+        _fail(ctx, row, "upload", str(exc))
+
+
 def _note_ambiguous(ctx: ItemContext, row: ItemRow) -> None:
     ctx.stats.ambiguous += 1
     ctx.ledger.mark_ambiguous(row.key)
@@ -200,7 +243,7 @@ async def _fetch_result(
     ctx: ItemContext, row: ItemRow, handle: RequestHandle, completed: Completed
 ) -> EditOutput:
     try:
-        body = await ctx.client.result(handle)
+        body = completed.output if completed.output is not None else await ctx.client.result(handle)
     except NotFoundError as exc:
         _retry(ctx, row, exc, kind="expired")  # the result is gone: the only way is again
     except (TransientError, RateLimitedError) as exc:
@@ -216,6 +259,9 @@ async def _fetch_result(
 
 
 async def _collect(ctx: ItemContext, row: ItemRow, output: EditOutput) -> None:
+    current = ctx.ledger.get(row.key)
+    if current is None or current.state != "submitted":
+        raise Finished()  # finalized meanwhile by another finalizer (a webhook receiver)
     records: list[OutputRecord] = []
     for index, image in enumerate(output.images):
         records.append(await _download(ctx, row, index, image, output.seed))
@@ -249,6 +295,7 @@ async def _download(
                     expect_content_type=image.content_type,
                     timeout=DOWNLOAD_TIMEOUT,
                     max_bytes=MAX_IMAGE_BYTES,
+                    publisher=ctx.publisher,
                 )
             return got.to_record(index, ctx.output_dir)
         except DownloadError as exc:

@@ -3,8 +3,9 @@
 A manifest that has not changed since the last plan (same bytes, endpoint, defaults and
 program version) needs neither: the ledger already holds exactly its items. That check — one
 hash of the file — is what makes resuming a finished 100,000-item job take a moment rather than
-a full validation. Manifests with inline images (local files sent as data URIs) are always
-planned again, because a local file can change while the manifest text does not.
+a full validation. Manifests with local images are always planned again, because a file can
+change while the manifest text does not (or a folder gain files); the ledger's records of the
+files keep that cheap: an unchanged file (same size, mtime and ctime) is not read again.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from batch.job import JobSpec
 from batch.ledger import Ledger, PlanResult
+from batch.localfiles import LocalFiles
 from batch.manifest import iter_items, scan
 
 FINGERPRINT = "plan_fingerprint"
@@ -63,9 +65,11 @@ def plan_run(spec: JobSpec, ledger: Ledger, *, redo_changed: bool = False) -> Pl
             "missing": int(previous.get("missing", 0)),
         }
         return Planned(counts, to_do, reused=True)
-    scanned = scan(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults)
-    items = iter_items(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults)
+    files = LocalFiles(spec.image_limits, known=ledger.uploads.known_files())
+    scanned = scan(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults, files=files)
+    items = iter_items(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults, files=files)
     plan = ledger.plan(items, redo_changed=redo_changed)
+    ledger.uploads.record_files(files.files())  # where the pipeline finds each file's bytes
     if plan.changed and not redo_changed:
         ledger.set_meta(FINGERPRINT, None)
         raise ChangedRowsError(_changed_lines(plan))
@@ -77,7 +81,7 @@ def plan_run(spec: JobSpec, ledger: Ledger, *, redo_changed: bool = False) -> Pl
         "missing": plan.missing,
     }
     ledger.set_meta(PLAN_COUNTS, json.dumps(counts))
-    ledger.set_meta(FINGERPRINT, fingerprint if scanned.inline_images == 0 else None)
+    ledger.set_meta(FINGERPRINT, fingerprint if scanned.local_images == 0 else None)
     return Planned(counts, plan.to_do, warnings=list(scanned.warnings))
 
 

@@ -11,8 +11,9 @@ import contextlib
 import logging
 import secrets
 import signal
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,21 @@ from batch.ledger import Ledger
 from batch.lock import run_lock
 from batch.outputs import cleanup_temp_files, validate_template
 from batch.pipeline.admission import Admission
+from batch.pipeline.budget import cost_lines, make_budget
 from batch.pipeline.dispatch import Dispatcher, StopSignal
 from batch.pipeline.events import NullProgress, Progress, RunStats
 from batch.pipeline.item import ItemContext
 from batch.pipeline.planning import plan_run
 from batch.pipeline.policy import RetryPolicy
+from batch.pipeline.uploads import make_uploader
 from batch.pipeline.waiting import Waiter
+from batch.pipeline.webhook_wait import (
+    check_detach,
+    detached_message,
+    submit_webhook_url,
+    webhook_waits,
+)
+from batch.report import REPORT_NAME, write_report_quietly
 
 log = logging.getLogger("batch.run")
 
@@ -48,6 +58,7 @@ class RunSummary:
     message: str = ""
     warnings: list[str] = field(default_factory=list)
     possible_duplicates: int = 0  # in the whole ledger, not only this run
+    cost: list[str] = field(default_factory=list)  # with a price: spend (and a dry run's estimate)
 
     @property
     def items_per_second(self) -> float:
@@ -73,9 +84,11 @@ class RunSummary:
             f"  wall time {self.wall_time:.1f} s, {self.items_per_second:.1f} items/s, "
             f"{self.status_requests_per_item:.2f} status requests per item",
             *self._notes(),
+            *self.cost,
             f"  images: {self.output_dir / 'images'}",
             f"  ledger: {self.output_dir / 'ledger.sqlite'}",
             f"  results: {self.output_dir / 'results.csv'} and results.jsonl",
+            *[f"  report: {p}" for p in [self.output_dir / REPORT_NAME] if p.exists()],
         ]
         return "\n".join(lines)
 
@@ -105,15 +118,19 @@ async def run_job(
     credentials: Credentials | None = None,
     max_runtime: float | None = None,
     redo_changed: bool = False,
+    detach: bool = False,
 ) -> RunSummary:
     """Run (or resume) a job to the end.
 
     Raises ManifestError / JobError / ChangedRowsError for invalid input (nothing is sent then)
-    and LockedError when another run holds the output folder.
+    and LockedError when another run holds the output folder. `detach`: submit everything
+    with webhooks to `webhook.public_url` and return (`webhook serve` collects the results).
     """
     started = time.monotonic()
     progress = progress or NullProgress()
     validate_template(spec.filename)
+    if detach:
+        check_detach(spec)
     output_dir = spec.output
     summary = RunSummary(spec.name, output_dir, EXIT_OK)
     with run_lock(output_dir), Ledger.open(output_dir) as ledger:
@@ -125,6 +142,7 @@ async def run_job(
         if dry_run:
             summary.counts = ledger.counts()
             summary.message = "dry run: nothing sent"
+            summary.cost = cost_lines(ledger, spec.price, _max_usd(spec), dry_run=True)
             return summary
         run_id = ledger.start_run(_settings(spec))
         stop = stop or StopSignal()
@@ -133,9 +151,13 @@ async def run_job(
             with _signals(stop, handle_signals), _deadline(stop, max_runtime):
                 # A finished job makes no connection at all.
                 if plan.to_do or ledger.counts()["submitted"]:
-                    await _execute(spec, ledger, stats, stop, progress, policy, credentials)
-            summary.exit_code = _exit_code(ledger.counts(), stop)
+                    await _execute(spec, ledger, stats, stop, progress, policy, credentials, detach)
+            summary.exit_code = _exit_code(ledger.counts(), stop, _work_left(ledger))
             summary.message = _message(stop)
+            if detach and not stop.draining.is_set():
+                counts = ledger.counts()
+                summary.exit_code = EXIT_FAILED if counts["failed"] else EXIT_OK
+                summary.message = detached_message(counts)
         except AuthError as exc:
             summary.exit_code, summary.message = EXIT_AUTH, f"refused by fal: {exc}"
         finally:
@@ -146,6 +168,8 @@ async def run_job(
             summary.wall_time = time.monotonic() - started
             ledger.finish_run(run_id, summary.counts, summary.exit_code)
             ledger.export(output_dir)
+            summary.cost = cost_lines(ledger, spec.price, _max_usd(spec))
+            write_report_quietly(spec)
     return summary
 
 
@@ -157,16 +181,27 @@ async def _execute(
     progress: Progress,
     policy: RetryPolicy | None,
     credentials: Credentials | None,
+    detach: bool = False,
 ) -> None:
     policy = policy or RetryPolicy(
         attempts=spec.retries.attempts,
         backoff_min=spec.retries.backoff_min,
         backoff_max=spec.retries.backoff_max,
     )
-    async with _queue(spec, credentials) as client:
-        waiter = Waiter(client, policy, mode=spec.wait, slots=spec.concurrency)
-        waiter_count = _counter(stats)
-        waiter._count = waiter_count
+    receive = spec.wait == "webhook" and not detach
+    async with (
+        _queue(spec, credentials) as client,
+        webhook_waits(spec, client, ledger, enabled=receive, stats=stats.webhooks) as hooks,
+    ):
+        waiter = Waiter(
+            client,
+            policy,
+            mode=spec.wait,
+            slots=spec.concurrency,
+            on_status_request=stats.count_status_request,
+            hooks=hooks,
+        )
+        uploads = make_uploader(spec, client, ledger, policy)
         ctx = ItemContext(
             client=client,
             ledger=ledger,
@@ -182,18 +217,31 @@ async def _execute(
             deadline=spec.deadline,
             on_change=lambda: progress.update(stats),
             draining=stop.draining.is_set,
+            uploads=uploads,
+            webhook_url=submit_webhook_url(spec, hooks, detach),
+            detach=detach,
+            budget=make_budget(ledger, spec.price, spec.budget, stop.request),
         )
         dispatcher = Dispatcher(ctx, stop)
-        await dispatcher.run()
+        try:
+            await dispatcher.run()
+        finally:
+            await uploads.aclose()
         if dispatcher.fatal is not None:
             raise dispatcher.fatal
 
 
-def _counter(stats: RunStats) -> Any:
-    def count() -> None:
-        stats.status_requests += 1
-
-    return count
+@contextlib.contextmanager
+def _responsive_gil(interval: float = 0.0005) -> Iterator[None]:
+    """Shorten the GIL switch interval while the run's threads (file writes, image checks)
+    work beside the event loop: otherwise every socket call of the loop may wait up to 5 ms
+    to get the GIL back, which halves throughput."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, interval))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 @contextlib.asynccontextmanager
@@ -264,16 +312,32 @@ def _settings(spec: JobSpec) -> dict[str, Any]:
     return spec.model_dump(mode="json")
 
 
-def _exit_code(counts: dict[str, int], stop: StopSignal) -> int:
+def _work_left(ledger: Ledger) -> bool:
+    """Whether a run of this manifest would still find work (what `iter_work` yields).
+
+    Not `counts()["pending"]`: pending items whose rows left the manifest are kept and reported
+    but never worked on, so counting them would make every later run exit 4, "resumable",
+    although running it again can change nothing.
+    """
+    return next(ledger.iter_work(batch_size=1), None) is not None
+
+
+def _exit_code(counts: dict[str, int], stop: StopSignal, work_left: bool) -> int:
     """4 when anything is left to do (stopped early); else 1 if any item failed; else 0."""
     if stop.draining.is_set():
         return EXIT_STOPPED
-    if counts.get("pending", 0) or counts.get("submitted", 0):
+    if work_left:
         return EXIT_STOPPED
     return EXIT_FAILED if counts.get("failed", 0) else EXIT_OK
 
 
+def _max_usd(spec: JobSpec) -> float | None:
+    return spec.budget.max_usd if spec.budget is not None else None
+
+
 def _message(stop: StopSignal) -> str:
+    if stop.draining.is_set() and stop.reason.startswith("budget"):
+        return f"stopped by the {stop.reason}"
     if stop.draining.is_set():
         return f"stopped early ({stop.reason}); run the same command again to resume"
     return "finished"

@@ -1,9 +1,10 @@
-"""Waiting for a request to complete: adaptive polling, or the status stream.
+"""Waiting for a request to complete: adaptive polling, the status stream, or a webhook.
 
 Polls are scheduled from what is known: a queued request's position and the service times
 observed so far (fal's `metrics.inference_time`), so a request is asked about near the moment it
 is likely to be done rather than at a fixed beat. All polls share one cap on status requests per
 second. Transient status failures are retried here with back-off: status is idempotent.
+In webhook mode the wait is `WebhookWaits.wait` (webhook_wait.py), with polling as its safety net.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-
-from asyncio_throttle.throttler import Throttler
+from typing import TYPE_CHECKING
 
 from batch.fal import Completed, InProgress, QueueClient, Queued, RequestHandle, Status
 from batch.fal.errors import RateLimitedError, TransientError
+from batch.pipeline.admission import make_throttler
 from batch.pipeline.policy import RetryPolicy
+
+if TYPE_CHECKING:
+    from batch.pipeline.webhook_wait import WebhookWaits
 
 MIN_INTERVAL = 0.05
 MAX_INTERVAL = 5.0
@@ -73,18 +77,23 @@ class Waiter:
         *,
         mode: str = "poll",
         slots: int = 2,
-        status_rate: float = 200.0,
+        status_rate: float | None = None,
         on_status_request: Callable[[], None] = lambda: None,
+        hooks: WebhookWaits | None = None,
     ) -> None:
         self.client = client
         self.policy = policy
         self.mode = mode
         self.slots = slots
         self.service = ServiceTimes()
-        self._budget = Throttler(rate_limit=max(1, int(status_rate)), period=1.0)
+        # A global cap on status requests, a safety valve well above what polling needs.
+        self._budget = make_throttler(status_rate or max(100.0, 10.0 * slots))
         self._count = on_status_request
+        self.hooks = hooks  # mode "webhook": the run's receiver
 
     async def wait(self, handle: RequestHandle) -> Completed:
+        if self.mode == "webhook" and self.hooks is not None:
+            return await self.hooks.wait(handle, self._poll, self.service)
         if self.mode == "stream":
             try:
                 return await self._stream(handle)

@@ -6,6 +6,7 @@
     GET  /{root}/requests/{id}[/response]        result (the model's answer, replayed)
     PUT  /{root}/requests/{id}/cancel            cancel
     GET  /_sim/counters, /_sim/jobs, /_sim/health   admin, no auth
+    GET  /.well-known/jwks.json                  the webhook signing key (webhooks.py), no auth
 
 The storage routes (`storage.py`) are registered first; the queue routes are catch-alls.
 """
@@ -36,6 +37,7 @@ from batch.sim.jobs import COMPLETED, Job
 from batch.sim.model import Model
 from batch.sim.paths import Target, endpoint_root, parse_request_path, segments
 from batch.sim.storage import FileStore, storage_routes
+from batch.sim.webhooks import WebhookSigner
 
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 START_TIMEOUT_HEADERS = ("X-Fal-Request-Start-Timeout", "X-Fal-Request-Timeout")
@@ -87,8 +89,16 @@ def start_timeout(request: web.Request) -> float | None:
 class QueueApp:
     """Handlers bound to one simulator's model, counters and fault injector."""
 
-    def __init__(self, config: SimConfig, store: FileStore, model: Model, counters: Counters):
+    def __init__(
+        self,
+        config: SimConfig,
+        store: FileStore,
+        model: Model,
+        counters: Counters,
+        signer: WebhookSigner | None = None,
+    ):
         self.config = config
+        self.signer = signer or WebhookSigner()
         self.store = store
         self.model = model
         self.counters = counters
@@ -110,6 +120,7 @@ class QueueApp:
                 web.get("/_sim/counters", self.admin_counters),
                 web.get("/_sim/jobs", self.admin_jobs),
                 web.get("/_sim/health", self.admin_health),
+                web.get("/.well-known/jwks.json", self.jwks),
                 *storage_routes(self.store, token_ttl_s=self.config.token_ttl_s),
                 web.post("/{tail:.*}", self.submit),
                 web.get("/{tail:.*}", self.request),
@@ -131,6 +142,9 @@ class QueueApp:
 
     async def admin_health(self, request: web.Request) -> web.Response:
         return json_response({"ok": True, "model": repr(self.model)})
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        return json_response(self.signer.jwks())
 
     # --- submit -----------------------------------------------------------------------------
 

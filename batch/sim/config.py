@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from batch.sim.faults import FaultPlan
 
 LatencyKind = Literal["fixed", "uniform", "lognormal"]
+# Seconds between webhook attempts after the first: 10 retries over about 2 h, as fal documents
+# (fal-protocol.md §6). `webhook_retry_scale` compresses the schedule for tests.
+WEBHOOK_RETRY_DELAYS: tuple[float, ...] = (10, 30, 60, 120, 300, 600, 900, 1200, 1800, 2400)
 
 
 class Latency(BaseModel):
@@ -75,6 +78,10 @@ class SimConfig(BaseModel):
     `key` is the one API key the server accepts (`Authorization: Key <key>`, or
     `Bearer <key>`); it defaults to a fresh random value and is never shown in a repr, a
     validation error, a response or a log.
+
+    Webhooks (`webhooks.py`): `user_id` is sent as `X-Fal-Webhook-User-Id`; attempt *n* + 1
+    follows attempt *n* after `webhook_retry_delays[n] * webhook_retry_scale` seconds; each
+    attempt may take `webhook_timeout_s`.
     """
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
@@ -94,6 +101,10 @@ class SimConfig(BaseModel):
     public_url: str | None = None
     token_ttl_s: Annotated[float, Field(gt=0)] = 30 * 24 * 3600.0
     max_body_bytes: Annotated[int, Field(gt=0)] = 64 * 1024 * 1024
+    user_id: str = "sim-user"
+    webhook_retry_delays: tuple[Annotated[float, Field(ge=0)], ...] = WEBHOOK_RETRY_DELAYS
+    webhook_retry_scale: Annotated[float, Field(ge=0)] = 1.0
+    webhook_timeout_s: Annotated[float, Field(gt=0)] = 15.0
 
     @field_validator("latency", mode="before")
     @classmethod

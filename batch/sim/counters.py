@@ -5,6 +5,10 @@ submit is counted under `payload_hash(endpoint_id, payload)`, which is the sha25
 canonical JSON of `{"endpoint": endpoint_id, "payload": payload}`.
 
 A response that never reached the client (a dropped connection) is counted under status 0.
+
+Webhook deliveries are counted by event (`deliveries` started, `attempts`, `delivered`,
+`failed_attempts`, `given_up`, `lost`, `duplicates_sent`, `bad_signatures`, `payload_errors`),
+by the receiver's answer (status 0: no answer) and, per request id, the 2xx-acknowledged ones.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ class Counters:
         self.status_calls: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.faults_by_route: Counter[str] = Counter()
+        self.webhooks: Counter[str] = Counter()
+        self.webhook_responses: Counter[int] = Counter()
+        self.webhooks_delivered: Counter[str] = Counter()
+        self.webhooks_lost: list[str] = []
 
     def __repr__(self) -> str:
         reqs = ", ".join(f"{k}={v}" for k, v in sorted(self.requests.items()))
@@ -62,6 +70,16 @@ class Counters:
     def record_fault(self, kind: str, route: str) -> None:
         self.faults[kind] += 1
         self.faults_by_route[f"{route}:{kind}"] += 1
+
+    def record_webhook(self, event: str, request_id: str | None = None) -> None:
+        self.webhooks[event] += 1
+        if event == "delivered" and request_id is not None:
+            self.webhooks_delivered[request_id] += 1
+        elif event == "lost" and request_id is not None:
+            self.webhooks_lost.append(request_id)
+
+    def record_webhook_response(self, status: int) -> None:
+        self.webhook_responses[status] += 1
 
     # --- reading --------------------------------------------------------------------------
 
@@ -113,4 +131,8 @@ class Counters:
             "status_calls": dict(self.status_calls),
             "faults": dict(self.faults),
             "faults_by_route": dict(self.faults_by_route),
+            "webhooks": dict(self.webhooks),
+            "webhook_responses": {str(k): n for k, n in sorted(self.webhook_responses.items())},
+            "webhooks_delivered": dict(self.webhooks_delivered),
+            "webhooks_lost": list(self.webhooks_lost),
         }

@@ -22,6 +22,18 @@ Fault kinds:
 - `expire` (routes `status`, `stream`, `result`, `cancel`): a completed job is forgotten before
   this request is answered, so it answers 404 like a job past its retention.
 
+Webhook faults (route `webhook`: one pick per delivery, `webhook_bad_signature` per attempt; see
+`webhooks.py`):
+
+- `webhook_lost`: the delivery is never sent.
+- `webhook_duplicate`: after a delivery succeeds it is sent once more (freshly signed).
+- `webhook_delay`: the first attempt waits `delay` seconds.
+- `webhook_reorder`: the delivery is held until a later one has been attempted (at most
+  `delay` seconds), so it arrives out of completion order.
+- `webhook_bad_signature`: this attempt carries a corrupted signature (a receiver answers 401
+  and the schedule retries).
+- `webhook_payload_error`: an `OK` body with `payload: null` and a `payload_error`.
+
 YAML (`FaultPlan.from_yaml`):
 
     seed: 7
@@ -42,19 +54,42 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RouteKind = Literal[
-    "submit", "status", "stream", "result", "cancel", "token", "upload", "files", "other"
+    "submit", "status", "stream", "result", "cancel", "token", "upload", "files", "other", "webhook"
 ]
 ROUTE_KINDS: tuple[str, ...] = get_args(RouteKind)
 FaultKind = Literal[
-    "rate_limit", "http_error", "drop_before", "drop_after", "slow", "job_error", "expire"
+    "rate_limit",
+    "http_error",
+    "drop_before",
+    "drop_after",
+    "slow",
+    "job_error",
+    "expire",
+    "webhook_lost",
+    "webhook_duplicate",
+    "webhook_delay",
+    "webhook_reorder",
+    "webhook_bad_signature",
+    "webhook_payload_error",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 # Faults the middleware applies to any route, and the job faults with the routes they act on.
 INGRESS_FAULTS = frozenset({"rate_limit", "http_error", "drop_before", "drop_after", "slow"})
+WEBHOOK_FAULTS = frozenset(
+    {
+        "webhook_lost",
+        "webhook_duplicate",
+        "webhook_delay",
+        "webhook_reorder",
+        "webhook_bad_signature",
+        "webhook_payload_error",
+    }
+)
 JOB_FAULT_ROUTES: dict[str, frozenset[str]] = {
     "job_error": frozenset({"submit"}),
     "expire": frozenset({"status", "stream", "result", "cancel"}),
+    **{kind: frozenset({"webhook"}) for kind in WEBHOOK_FAULTS},
 }
 HTTP_ERROR_STATUSES = frozenset({500, 502, 503, 504})
 

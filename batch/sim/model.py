@@ -18,6 +18,7 @@ import random
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -88,6 +89,7 @@ class Model:
         self._tasks: set[asyncio.Task[Outcome]] = set()
         self._busy = 0
         self._queue_event = asyncio.Event()
+        self.on_complete: Callable[[Job], None] | None = None  # e.g. the webhook sender
 
     def __repr__(self) -> str:
         return (
@@ -257,6 +259,8 @@ class Model:
         job.record.result_status = outcome.status
         self._done.append(job)
         self._notify_job(job)
+        if self.on_complete is not None:
+            self.on_complete(job)
 
     def _sweep(self) -> None:
         cutoff = time.time() - self.config.retention_s

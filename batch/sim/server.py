@@ -3,6 +3,9 @@
     async with Simulator(SimConfig(capacity=1, latency="fixed:0.1")) as sim:
         ...  # talk to sim.url with `Authorization: Key {sim.key}`; read sim.counters, sim.jobs
 
+Jobs submitted with `?fal_webhook=<url>` are delivered there, signed (`sim.webhooks`,
+`sim.signer`; the public key at `sim.jwks_url`).
+
 `run_forever(config)` serves until Ctrl-C and prints the URL (never the key).
 """
 
@@ -25,6 +28,7 @@ from batch.sim.jobs import JobRecord
 from batch.sim.model import Model
 from batch.sim.storage import FileStore
 from batch.sim.tls import make_tls
+from batch.sim.webhooks import WebhookSender, WebhookSigner
 
 SHUTDOWN_TIMEOUT_S = 1.0
 
@@ -39,6 +43,8 @@ class Simulator:
         self.config = base
         self.counters = Counters()
         self.store = FileStore()
+        self.signer = WebhookSigner()
+        self.webhooks = WebhookSender(self.config, self.counters, self.signer)
         self._model: Model | None = None
         self._runner: web.AppRunner | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -58,6 +64,11 @@ class Simulator:
     @property
     def key(self) -> str:
         return self.config.key
+
+    @property
+    def jwks_url(self) -> str:
+        """Where the webhook signing key is published."""
+        return f"{self.config.public_url or self.url}/.well-known/jwks.json"
 
     @property
     def model(self) -> Model:
@@ -88,7 +99,9 @@ class Simulator:
         model = Model(self.config, self.store)
         await model.start()
         self._model = model
-        app = QueueApp(self.config, self.store, model, self.counters).build()
+        await self.webhooks.start()
+        model.on_complete = self.webhooks.deliver
+        app = QueueApp(self.config, self.store, model, self.counters, self.signer).build()
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
         )
@@ -110,6 +123,7 @@ class Simulator:
         """Stop the model (running jobs are cancelled, streams close) and the server."""
         if self._model is not None:
             await self._model.stop()
+        await self.webhooks.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         self._runner = None

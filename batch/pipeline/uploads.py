@@ -1,0 +1,203 @@
+"""Local input images on their way to fal: ``local:sha256:…`` references → URLs, per submit.
+
+An item's payload in the ledger keeps the content references (so its key and canonical request
+never depend on where a file is or when it was uploaded); `Uploader.prepare` makes the payload
+that is sent. For each local reference:
+
+1. ``inputs: data-uri`` and a file of at most `DATA_URI_MAX_BYTES`: the file inline;
+2. the ledger's upload cache has the content, uploaded to the same storage API (``rest_url``;
+   for ``queue: local``, this run's simulator) less than ``upload_max_age`` ago: its URL;
+3. an upload of the same content already running for another item: wait for that one;
+4. else: upload it (at most ``upload_concurrency`` at a time), retrying transient failures and
+   429s with the run's `RetryPolicy` (Retry-After honoured), and record it in the cache.
+
+The file's bytes are found through the ledger's ``local_files`` record of that sha256 and are
+checked against it as they are read: a file changed or removed since planning fails the item
+(`InputFileError`, kind ``input``) rather than send other pixels under its key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from batch.fal import (
+    ContentChangedError,
+    QueueClient,
+    RateLimitedError,
+    StorageClient,
+    TransientError,
+    encode_data_uri,
+)
+from batch.job import JobSpec
+from batch.ledger import Ledger
+from batch.ledger.uploads import UploadCache
+from batch.localfiles import LocalFile, local_sha
+from batch.pipeline.policy import RetryPolicy
+
+log = logging.getLogger("batch.uploads")
+
+DATA_URI_MAX_BYTES = 4 * 1024 * 1024
+InputsMode = Literal["upload", "data-uri"]
+
+
+class InputFileError(Exception):
+    """A local input that cannot be sent: unknown, removed, unreadable or changed."""
+
+
+@dataclass
+class UploadStats:
+    uploaded: int = 0  # files uploaded
+    bytes: int = 0  # their bytes
+    cached: int = 0  # references served from the ledger's cache
+    shared: int = 0  # references that waited for another item's upload
+    inlined: int = 0  # references sent as data URIs
+    retried: int = 0  # upload attempts that failed and were tried again
+
+    def __repr__(self) -> str:
+        return (
+            f"UploadStats(uploaded={self.uploaded}, bytes={self.bytes}, cached={self.cached},"
+            f" shared={self.shared}, inlined={self.inlined}, retried={self.retried})"
+        )
+
+
+class Uploader:
+    """Turns the local references of a payload into URLs (or data URIs); one per run."""
+
+    def __init__(
+        self,
+        storage: StorageClient,
+        cache: UploadCache,
+        policy: RetryPolicy,
+        *,
+        inputs: InputsMode = "upload",
+        concurrency: int = 4,
+        max_age: float = 24 * 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.storage = storage
+        self.stats = UploadStats()
+        self._cache = cache
+        self._policy = policy
+        self._inputs = inputs
+        self._slots = asyncio.Semaphore(concurrency)
+        self._max_age = max_age
+        self._clock = clock
+        self._in_flight: dict[str, asyncio.Task[str]] = {}
+
+    async def prepare(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The payload to send: every local reference in ``image_urls`` replaced."""
+        urls = payload.get("image_urls")
+        if not isinstance(urls, list) or not any(_sha(u) for u in urls):
+            return dict(payload)
+        sent = await asyncio.gather(*(self._resolve(u) for u in urls))
+        return {**payload, "image_urls": list(sent)}
+
+    async def _resolve(self, ref: Any) -> Any:
+        sha = _sha(ref)
+        return ref if sha is None else await self.url_for(sha)
+
+    async def url_for(self, sha256: str) -> str:
+        """A URL (or data URI) for the content with this sha256."""
+        file = self._cache.file_for(sha256)
+        if file is None:
+            raise InputFileError(f"no local file with sha256 {sha256[:16]}… is known")
+        if self._inputs == "data-uri" and file.size <= DATA_URI_MAX_BYTES:
+            self.stats.inlined += 1
+            data = await asyncio.to_thread(_read_checked, file)
+            return encode_data_uri(data, file.content_type)
+        cached = self._cache.get(sha256, self.storage.rest_url)
+        if cached is not None and self._clock() - cached.uploaded_at < self._max_age:
+            self.stats.cached += 1
+            return cached.url
+        task = self._in_flight.get(sha256)
+        if task is None:
+            task = asyncio.create_task(self._upload(file), name=f"upload {sha256[:12]}")
+            self._in_flight[sha256] = task
+            task.add_done_callback(lambda _: self._in_flight.pop(sha256, None))
+        else:
+            self.stats.shared += 1
+        # Shielded: an item that is cancelled does not cancel the upload others wait for.
+        return await asyncio.shield(task)
+
+    async def _upload(self, file: LocalFile) -> str:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._slots:
+                    url = await self.storage.upload(
+                        file.path,
+                        file.content_type,
+                        file_name=file.file_name,
+                        sha256=file.sha256,
+                    )
+                break
+            except (ContentChangedError, OSError) as exc:
+                raise InputFileError(_input_problem(file, exc)) from None
+            except (TransientError, RateLimitedError) as exc:
+                if attempt >= self._policy.attempts:
+                    raise
+                retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
+                self.stats.retried += 1
+                await asyncio.sleep(self._policy.backoff(attempt, retry_after))
+        self._cache.put(file.sha256, self.storage.rest_url, url, file.size)
+        self.stats.uploaded += 1
+        self.stats.bytes += file.size
+        return url
+
+    async def aclose(self) -> None:
+        """Cancel uploads nobody waits for any more (the run is over)."""
+        tasks = list(self._in_flight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.stats.uploaded or self.stats.cached or self.stats.inlined:
+            log.info("local inputs: %r", self.stats)
+
+
+def _sha(ref: Any) -> str | None:
+    return local_sha(ref) if isinstance(ref, str) else None
+
+
+def _read_checked(file: LocalFile) -> bytes:
+    try:
+        with open(file.path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise InputFileError(_input_problem(file, exc)) from None
+    if hashlib.sha256(data).hexdigest() != file.sha256:
+        raise InputFileError(_input_problem(file, ContentChangedError()))
+    return data
+
+
+def _input_problem(file: LocalFile, exc: BaseException) -> str:
+    if isinstance(exc, ContentChangedError):
+        why = "changed since the run was planned; run again to plan it anew"
+    elif isinstance(exc, FileNotFoundError):
+        why = "no longer exists"
+    else:
+        why = f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    return f"local image {file.path} {why}"
+
+
+def make_uploader(
+    spec: JobSpec, client: QueueClient, ledger: Ledger, policy: RetryPolicy
+) -> Uploader:
+    """The run's uploader: fal's storage at ``spec.rest_url``, or the embedded simulator's
+    (which serves storage at its own URL) for ``queue: local``; the queue client's session."""
+    rest_url = client.base_url if spec.local else spec.rest_url
+    storage = StorageClient(client.session, client.credentials, rest_url=rest_url)
+    return Uploader(
+        storage,
+        ledger.uploads,
+        policy,
+        inputs=spec.inputs,
+        concurrency=spec.upload_concurrency,
+        max_age=spec.upload_max_age,
+    )

@@ -1,0 +1,248 @@
+"""The HTML contact sheet: ``<output>/report.html``, derived from the ledger (invariant 4).
+
+One self-contained page that works offline: every item's input and output thumbnails side by
+side (files under ``thumbs/``, see `batch.thumbnails`; never a full image inlined, never a
+remote image fetched), its prompt, seed, state, latency, error or NSFW flag, and links to the
+full images. Summary counts, a latency histogram (inline SVG), filters (all, completed,
+failed, flagged, unfinished), a search on prompt or id, and client-side pagination — the items
+are embedded as JSON, so 10,000 items stay one light page.
+
+The ledger is read through its own connection, in one snapshot, streaming: a few hundred rows
+(with their request JSON) at a time; the page keeps a compact record per item. The file is
+written atomically. Every run writes it at its end; ``firered-batch report JOB`` on demand.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batch.outputs import atomic_writer
+from batch.pricing import PriceSpec, usd
+from batch.report_page import histogram_svg, render_page
+from batch.thumbnails import Media, Thumbnailer, local_inputs
+
+if TYPE_CHECKING:
+    from batch.job import JobSpec
+
+log = logging.getLogger("batch.report")
+
+REPORT_NAME = "report.html"
+CHUNK = 200  # items whose thumbnails are made together
+PROMPT_CHARS = 1000
+ERROR_CHARS = 600
+_SQL = """
+    SELECT i.key, i.source, i.state, i.attempts, i.request, i.error_kind, i.error_message,
+           i.seed, i.nsfw, i.timings, i.submitted_at, i.completed_at, i.possible_duplicate,
+           o.path, o.width, o.height
+    FROM items AS i LEFT JOIN outputs AS o ON o.item_key = i.key
+    ORDER BY i.key, o.idx
+"""
+
+
+@dataclass
+class Report:
+    """What was written: the page, its items, and the thumbnails made or failed now."""
+
+    path: Path
+    items: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    flagged: int = 0
+    thumbs_made: int = 0
+    thumbs_failed: int = 0
+    latencies: list[float] = field(default_factory=list)
+    output_images: int = 0
+    output_pixels: int = 0
+
+
+@dataclass
+class _Item:
+    """One item on its way to the page: its compact record and its pictures."""
+
+    record: dict[str, Any]
+    inputs: list[Media]
+    outputs: list[Media]
+
+    def finish(self, failed: set[str]) -> dict[str, Any]:
+        def shown(media: Media) -> list[str | None]:
+            if media.thumb is not None and media.thumb in failed:
+                media = Media(None, media.href, "no thumbnail")
+            return media.as_list()
+
+        self.record["i"] = [shown(m) for m in self.inputs]
+        self.record["o"] = [shown(m) for m in self.outputs]
+        return self.record
+
+
+def write_report(
+    output_dir: Path,
+    *,
+    title: str,
+    price: PriceSpec | None = None,
+    now: float | None = None,
+) -> Report:
+    """Write ``<output_dir>/report.html`` (and its thumbnails) from the ledger there."""
+    db_path = output_dir / "ledger.sqlite"
+    if not db_path.is_file():
+        raise FileNotFoundError(f"{output_dir}: no ledger yet (has this job been run?)")
+    report = Report(output_dir / REPORT_NAME)
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("BEGIN")  # one snapshot for the whole page
+        thumbs = Thumbnailer(output_dir, local_inputs(_local_files(conn)))
+        records: list[str] = []
+        for chunk in _chunks(_items(conn, thumbs, report), CHUNK):
+            failed = thumbs.make()
+            records.extend(_json(item.finish(failed)) for item in chunk)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    report.thumbs_made, report.thumbs_failed = thumbs.made, thumbs.failed
+    page = render_page(
+        title=title,
+        generated=_iso(now if now is not None else time.time()),
+        summary=_summary(report, price),
+        histogram=histogram_svg(report.latencies),
+        items_json="[" + ",\n".join(records) + "]",
+    )
+    with atomic_writer(report.path, newline="\n") as fh:
+        fh.write(page)
+    return report
+
+
+def report_for(spec: JobSpec) -> Report:
+    """`write_report` for a job: its output folder, name and price."""
+    return write_report(spec.output, title=spec.name, price=spec.price)
+
+
+def write_report_quietly(spec: JobSpec) -> Path | None:
+    """`report_for`, as a run's last step: a report that cannot be written only logs a
+    warning (the run's outcome does not depend on it)."""
+    try:
+        return report_for(spec).path
+    except Exception as exc:  # the page is derived; the ledger and exports are what count
+        log.warning("report not written: %s: %s", type(exc).__name__, exc)
+        return None
+
+
+def _local_files(conn: sqlite3.Connection) -> list[tuple[str, str, int, int]]:
+    try:
+        sql = "SELECT sha256, path, size, mtime_ns FROM local_files ORDER BY seen_at, path"
+        return [tuple(row) for row in conn.execute(sql)]
+    except sqlite3.OperationalError:  # a ledger from before local files
+        return []
+
+
+def _chunks(items: Iterator[_Item], size: int) -> Iterator[list[_Item]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+def _items(conn: sqlite3.Connection, thumbs: Thumbnailer, report: Report) -> Iterator[_Item]:
+    cursor = conn.execute(_SQL)
+    rows = itertools.chain.from_iterable(iter(lambda: cursor.fetchmany(500), []))
+    for _key, group in itertools.groupby(rows, lambda r: r[0]):
+        members = list(group)
+        yield _item(members, thumbs, report)
+
+
+def _item(members: Sequence[Sequence[Any]], thumbs: Thumbnailer, report: Report) -> _Item:
+    (key, source, state, attempts, request, error_kind, error_message, seed, nsfw, timings,
+     submitted_at, completed_at, duplicate) = members[0][:13]  # fmt: skip
+    payload = _loads(request)
+    outputs = [m[13:16] for m in members if m[13] is not None]
+    flagged = any(_loads(nsfw) or [])
+    latency = _latency(state, submitted_at, completed_at, _loads(timings))
+    report.items += 1
+    report.counts[state] += 1
+    report.flagged += flagged
+    if latency is not None:
+        report.latencies.append(latency)
+    if state == "completed":
+        report.output_images += len(outputs)
+        report.output_pixels += sum((w or 0) * (h or 0) for _, w, h in outputs)
+    prompt = payload.get("prompt") if isinstance(payload, dict) else None
+    record: dict[str, Any] = {
+        "k": key,
+        "s": state,
+        "p": _cut(prompt if isinstance(prompt, str) else "", PROMPT_CHARS),
+        "sd": seed,
+        "l": None if latency is None else round(latency, 3),
+        "f": flagged,
+        "a": attempts,
+        "src": source,
+    }
+    if error_kind or error_message:
+        record["e"] = _cut(f"{error_kind or 'error'}: {error_message or ''}", ERROR_CHARS)
+    if duplicate:
+        record["d"] = True
+    return _Item(
+        record,
+        [thumbs.input(url) for url in _input_urls(payload)],
+        [thumbs.output(path) for path, _, _ in outputs],
+    )
+
+
+def _input_urls(payload: Any) -> list[str]:
+    if not isinstance(payload, dict):
+        return []
+    urls = payload.get("image_urls")
+    if isinstance(urls, list):
+        return [u for u in urls if isinstance(u, str)]
+    url = payload.get("image_url")
+    return [url] if isinstance(url, str) else []
+
+
+def _latency(
+    state: str, submitted_at: float | None, completed_at: float | None, timings: Any
+) -> float | None:
+    """Submit to completion (queue, inference and download), else the result's own timing."""
+    if state != "completed":
+        return None
+    if submitted_at is not None and completed_at is not None and completed_at >= submitted_at:
+        return float(completed_at - submitted_at)
+    if isinstance(timings, dict) and isinstance(timings.get("inference"), int | float):
+        return float(timings["inference"])
+    return None
+
+
+def _summary(report: Report, price: PriceSpec | None) -> dict[str, Any]:
+    counts = {s: report.counts.get(s, 0) for s in ("completed", "failed", "pending", "submitted")}
+    summary: dict[str, Any] = {"total": report.items, **counts, "flagged": report.flagged}
+    if price is not None:
+        spent = price.cost(report.output_images, report.output_pixels)
+        summary["cost"] = f"{usd(spent)} for completed items (at {price.describe()})"
+    return summary
+
+
+def _loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _json(record: dict[str, Any]) -> str:
+    """Compact JSON safe inside a <script> element."""
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")

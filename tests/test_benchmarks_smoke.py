@@ -1,0 +1,100 @@
+"""The benchmark scripts run end to end at a tiny size and write their figures (never timed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+N = 20
+SCRIPT_TIMEOUT_S = 50
+
+
+def run_script(name: str, out: Path, *extra: str) -> dict[str, Any]:
+    command = [sys.executable, str(BENCHMARKS / name), str(N), "--json", str(out), *extra]
+    # Its own process group, so a hung script is killed together with its simulator.
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=SCRIPT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}:\n{stdout}\n{stderr}"
+    figures: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    return figures
+
+
+def assert_positive(figures: dict[str, Any], keys: list[str]) -> None:
+    missing = [k for k in keys if k not in figures]
+    assert not missing, f"missing keys: {missing}"
+    bad = {
+        k: figures[k] for k in keys if not (isinstance(figures[k], int | float) and figures[k] > 0)
+    }
+    assert not bad, f"not positive numbers: {bad}"
+
+
+@pytest.mark.timeout(60)
+def test_sim_rate_reports_submit_and_status_rates(tmp_path: Path) -> None:
+    """sim_rate.py exits 0 and writes positive submit and status rates for N requests each."""
+    figures = run_script("sim_rate.py", tmp_path / "sim_rate.json", "--workers", "8")
+    assert_positive(
+        figures,
+        ["submit_per_s", "submit_wall_s", "status_per_s", "status_wall_s", "sim_peak_rss_mib"],
+    )
+    assert figures["submit_n"] == figures["sim_submits_seen"] == N
+    assert figures["status_n"] == figures["sim_status_seen"] == N
+
+
+@pytest.mark.timeout(60)
+def test_throughput_reports_floor_pipeline_and_ratio(tmp_path: Path) -> None:
+    """throughput.py exits 0 with a completed run and writes both phases' figures and the ratio."""
+    figures = run_script("throughput.py", tmp_path / "throughput.json", "--concurrency", "10")
+    assert_positive(
+        figures,
+        [
+            "floor_wall_s",
+            "floor_items_per_s",
+            "floor_status_per_item",
+            "pipeline_wall_s",
+            "pipeline_items_per_s",
+            "pipeline_status_per_item",
+            "ratio",
+            "client_peak_rss_mib",
+        ],
+    )
+    assert figures["exit_code"] == 0
+    assert figures["n"] == N
+
+
+@pytest.mark.timeout(60)
+def test_webhook_vs_poll_reports_makespan_and_status_requests_per_mode(tmp_path: Path) -> None:
+    """webhook_vs_poll.py exits 0 with every mode's run completed and writes their figures."""
+    figures = run_script(
+        "webhook_vs_poll.py",
+        tmp_path / "webhook_vs_poll.json",
+        "--concurrency",
+        "10",
+        "--latency",
+        "fixed:0.02",
+    )
+    assert_positive(figures, ["poll_makespan_s", "poll_status_per_item", "webhook_makespan_s"])
+    modes = {m["mode"]: m for m in figures["modes"]}
+    assert set(modes) == {"poll", "stream", "webhook", "webhook, 20% lost"}
+    assert all(m["completed"] == N and m["exit_code"] == 0 for m in modes.values())
+    assert modes["webhook"]["webhooks_delivered"] == N
