@@ -25,8 +25,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check batch tests benchmarks
 	$(BIN)/mypy
 
+# Every benchmark prints its table; BENCH_JSON=dir also writes each one's figures as JSON.
+BENCHMARKS := sim_rate throughput makespan storm big_manifest resume plan_folder webhook_vs_poll
 bench: $(STAMP)
-	$(BIN)/python benchmarks/sim_rate.py
+	@for b in $(BENCHMARKS); do \
+	  [ -f benchmarks/$$b.py ] || continue; \
+	  echo "== $$b"; \
+	  $(BIN)/python benchmarks/$$b.py $${BENCH_JSON:+--json $$BENCH_JSON/$$b.json} || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

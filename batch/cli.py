@@ -236,7 +236,9 @@ def validate(target: str) -> None:
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(result.describe())
-    click.echo(f"estimate: {result.estimate.text(spec.price)}")
+    # The cost, or output sizes learnt from local and inline inputs: what the line above lacks.
+    if spec.price is not None or result.estimate.unknown_items != result.unknown_size_items:
+        click.echo(f"estimate: {result.estimate.text(spec.price)}")
 
 
 @main.command()

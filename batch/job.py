@@ -5,7 +5,8 @@ manifest: ../manifests/catalog.csv   # required; relative to this file's folder
 name: catalog                        # default: this file's stem
 endpoint: fal-ai/firered-image-edit
 queue: local                         # the embedded simulator, or a URL (https://queue.fal.run)
-concurrency: 8                       # requests in flight
+concurrency: 8                       # requests fal runs at once (your account's limit)
+queue_ahead: 8                       # more waiting in fal's queue, so no slot idles (default = concurrency)
 rate: 10                             # submits per second
 wait: poll                           # poll | stream | webhook
 retries: {attempts: 5, backoff_min: 0.5, backoff_max: 30}
@@ -200,6 +201,7 @@ class JobSpec(BaseModel):
     endpoint: str = DEFAULT_ENDPOINT
     queue: str = DEFAULT_QUEUE
     concurrency: int = Field(default=8, ge=1)
+    queue_ahead: int | None = Field(default=None, ge=0)  # None: as many as `concurrency`
     rate: float = Field(default=10.0, gt=0)
     wait: WaitMode = "poll"
     retries: RetrySpec = RetrySpec()

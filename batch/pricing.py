@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ from batch.schema import PRESET_PIXELS, ImageSizePreset
 
 # A local file's (width, height) by its sha256, when known.
 SizeLookup = Callable[[str], tuple[int, int] | None]
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_MAX_HEADER = 256  # characters of a data: URI before its comma
 _HEAD_CHARS = 1 << 16  # base64 characters decoded first to find an inline image's size
 
 
@@ -89,19 +92,28 @@ def _preset_pixels(size: Any) -> tuple[int, int] | None:
 
 
 def data_uri_size(uri: str) -> tuple[int, int] | None:
-    """(width, height) of the image in a base64 ``data:`` URI, or None. Only the start of the
-    payload is decoded when the image's header is found there."""
-    header, comma, body = uri[5:].partition(",")
-    if not comma or "base64" not in header.lower():
+    """(width, height) of the image in a base64 ``data:`` URI, or None. A PNG's size is read
+    from its first bytes; other formats are opened from the start of the payload when their
+    header is found there, else from all of it."""
+    comma = uri.find(",", 5, 5 + _MAX_HEADER)
+    if comma < 0 or "base64" not in uri[5:comma].lower():
         return None
-    for chars in (_HEAD_CHARS, len(body)):
-        chunk = "".join(body[:chars].split())
+    start = comma + 1
+    try:  # a PNG says its size in its first 24 bytes (IHDR): no decoder needed
+        head = base64.b64decode(uri[start : start + 32], validate=True)
+    except (binascii.Error, ValueError):
+        head = b""
+    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return (width, height) if width and height else None
+    for chars in (_HEAD_CHARS, len(uri)):
+        chunk = "".join(uri[start : start + chars].split())
         chunk = chunk[: len(chunk) - len(chunk) % 4]
         try:
             with Image.open(io.BytesIO(base64.b64decode(chunk, validate=True))) as img:
                 return img.size
         except (binascii.Error, OSError, ValueError, Image.DecompressionBombError):
-            if chars >= len(body):
+            if start + chars >= len(uri):
                 return None
     return None
 

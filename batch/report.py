@@ -75,7 +75,8 @@ class _Item:
     def finish(self, failed: set[str]) -> dict[str, Any]:
         def shown(media: Media) -> list[str | None]:
             if media.thumb is not None and media.thumb in failed:
-                media = Media(None, media.href, "no thumbnail")
+                href = None if media.href == media.thumb else media.href
+                media = Media(None, href, "no thumbnail")
             return media.as_list()
 
         self.record["i"] = [shown(m) for m in self.inputs]

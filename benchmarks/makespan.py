@@ -28,6 +28,7 @@ from common import (
     SimProcess,
     arguments,
     exit_on_sigterm,
+    free_port,
     machine,
     payload,
     png_data_uri,
@@ -107,21 +108,28 @@ async def ours(sim: SimProcess, n: int, mode: str, concurrency: int, folder: Pat
         writer.writerow(["id", "prompt", "image_urls", "image_size"])
         for i in range(n):
             writer.writerow([f"item{i}", payload(i, image)["prompt"], image, "32x32"])
-    spec = JobSpec.for_manifest(
-        manifest,
-        queue=sim.url,
-        concurrency=concurrency,
-        rate=HIGH_RATE,
-        wait=mode,
-        output=folder / f"out-{mode}",
-    )
+    settings: dict[str, Any] = {
+        "queue": sim.url,
+        "concurrency": concurrency,
+        "rate": HIGH_RATE,
+        "wait": mode,
+        "output": folder / f"out-{mode}",
+    }
+    if mode == "webhook":  # the simulator (another process) posts to our receiver
+        port = free_port()
+        settings["webhook"] = {
+            "public_url": f"http://127.0.0.1:{port}/fal",
+            "listen": f"127.0.0.1:{port}",
+            "jwks_url": f"{sim.url}/.well-known/jwks.json",
+        }
+    spec = JobSpec.for_manifest(manifest, **settings)
     summary = await run_job(spec, credentials=Credentials(sim.key))
     if summary.exit_code != 0:
         raise RuntimeError(summary.text())
 
 
 def modes() -> list[str]:
-    return ["poll", "stream"]
+    return ["poll", "stream", "webhook"]
 
 
 def main() -> None:

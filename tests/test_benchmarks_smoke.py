@@ -98,3 +98,23 @@ def test_webhook_vs_poll_reports_makespan_and_status_requests_per_mode(tmp_path:
     assert set(modes) == {"poll", "stream", "webhook", "webhook, 20% lost"}
     assert all(m["completed"] == N and m["exit_code"] == 0 for m in modes.values())
     assert modes["webhook"]["webhooks_delivered"] == N
+
+
+@pytest.mark.timeout(120)
+def test_makespan_compares_our_modes_with_both_baselines(tmp_path: Path) -> None:
+    """makespan.py runs every mode and baseline and reports efficiency and status per item."""
+    figures = run_script("makespan.py", tmp_path / "makespan.json")
+    runs = figures["runs"]
+    assert {"ours: poll", "ours: stream", "baseline: poll 0.1 s", "baseline: poll 1 s"} <= set(runs)
+    for name, run in runs.items():
+        assert_positive(run, ["efficiency", "makespan_s", "oracle_s", "requests_per_item"])
+        assert run["completed"] == N, name
+
+
+@pytest.mark.timeout(60)
+def test_storm_reports_429_share_and_ideal_ratio(tmp_path: Path) -> None:
+    """storm.py completes every item against a 10/s server and reports the 429 share."""
+    figures = run_script("storm.py", tmp_path / "storm.json")
+    assert_positive(figures, ["ideal_s", "submit_span_s", "ideal_ratio", "submits"])
+    assert figures["submits"] >= N
+    assert 0 <= figures["rejected_share"] < 1

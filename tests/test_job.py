@@ -106,7 +106,7 @@ def test_all_problems_are_reported_in_line_order(project: Path) -> None:
     text = """manifest: m.csv
 concurrency: 0
 rate: -1
-wait: webhook
+wait: pigeon
 retries:
   attempts: 0
 queue: ftp://x
@@ -120,7 +120,7 @@ priority: high
     assert job_errors(job_file(project, text)) == [
         "jobs/catalog.yaml:2: concurrency: Input should be greater than or equal to 1",
         "jobs/catalog.yaml:3: rate: Input should be greater than 0",
-        "jobs/catalog.yaml:4: wait: Input should be 'poll' or 'stream'",
+        "jobs/catalog.yaml:4: wait: Input should be 'poll', 'stream' or 'webhook'",
         "jobs/catalog.yaml:6: retries.attempts: Input should be greater than or equal to 1",
         "jobs/catalog.yaml:7: queue: must be 'local' or an http(s) URL",
         "jobs/catalog.yaml:8: filename: unknown field {idx} (allowed: key, index, ext, seed)",

@@ -22,8 +22,16 @@ from batch.fal.storage import (
     encode_data_uri,
 )
 from batch.fal.types import Completed, InProgress, LogEntry, Queued, RequestHandle, Status
+from batch.fal.webhooks import (
+    DEFAULT_JWKS_URL,
+    JwksCache,
+    WebhookDelivery,
+    WebhookReceiver,
+    WebhookRejected,
+)
 
 __all__ = [
+    "DEFAULT_JWKS_URL",
     "DEFAULT_QUEUE_URL",
     "DEFAULT_REST_URL",
     "AmbiguousSubmitError",
@@ -35,6 +43,7 @@ __all__ = [
     "Credentials",
     "FalError",
     "InProgress",
+    "JwksCache",
     "LogEntry",
     "NotFoundError",
     "PermanentError",
@@ -47,6 +56,9 @@ __all__ = [
     "StorageClient",
     "Timeouts",
     "TransientError",
+    "WebhookDelivery",
+    "WebhookReceiver",
+    "WebhookRejected",
     "credentials_from_env",
     "encode_data_uri",
     "is_retryable",

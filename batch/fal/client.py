@@ -228,7 +228,12 @@ def _handle_from_submit(endpoint: str, reply: Reply, base_url: str) -> RequestHa
         status_url=str(body.get("status_url") or f"{base}/status"),
         response_url=str(body.get("response_url") or base),
         cancel_url=str(body.get("cancel_url") or f"{base}/cancel"),
+        queue_position=_position(body.get("queue_position")),
     )
+
+
+def _position(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and value >= 0 else None
 
 
 def parse_status(body: Any, request_id: str | None = None) -> Status:
@@ -237,8 +242,7 @@ def parse_status(body: Any, request_id: str | None = None) -> Status:
         raise TransientError("status: answer is not a JSON object", request_id=request_id)
     state = body.get("status")
     if state == "IN_QUEUE":
-        position = body.get("queue_position")
-        return Queued(position=int(position) if isinstance(position, int | float) else 0)
+        return Queued(position=_position(body.get("queue_position")) or 0)
     logs = _parse_logs(body.get("logs"))
     if state == "IN_PROGRESS":
         return InProgress(logs=logs)

@@ -15,6 +15,9 @@ class RequestHandle:
     status_url: str
     response_url: str
     cancel_url: str
+    # Requests ahead of this one when it was submitted (fal's submit answer), if known: a hint
+    # for when to ask about it first, not part of its identity.
+    queue_position: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,21 @@
-"""`Ledger.plan`: reconcile a manifest's items with the ledger in bounded memory.
+"""`Ledger.plan`: reconcile a manifest's items with the ledger, in one transaction, in bounded
+memory.
 
-Items are read in chunks; each chunk is one transaction: look up the chunk's keys
-(`WHERE key IN (...)`), insert the new ones (executemany), and record the keys in a temporary
-table of seen keys, so that duplicates are spotted and, at the end, one UPDATE marks the items
-this manifest no longer lists. Nothing ever holds more than a chunk of items or rows.
+A plan is all or nothing: every chunk is written inside one transaction, so an exception —
+from the ledger, or from the items themselves (`batch.manifest.ManifestCheck` raises when the
+manifest turns out invalid at its end) — rolls it all back.
+
+Items are read in chunks of `CHUNK`; the work per chunk is a few batched statements, never a
+query per item:
+
+- into an empty ledger (a first run), one `INSERT … ON CONFLICT DO NOTHING` (executemany): a
+  key that is already there was seen earlier in this plan, a duplicate (the first wins);
+- into a ledger with items, look up the chunk's keys (`WHERE key IN (...)`), insert the new
+  ones, update the moved or redone ones, and record the keys in a temporary table of seen
+  keys, so that duplicates are spotted and, at the end, one UPDATE marks the items this
+  manifest no longer lists.
+
+Nothing ever holds more than a chunk of items or rows.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ import itertools
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -26,14 +39,16 @@ from batch.ledger.models import (
 Hasher = Callable[[str, Mapping[str, Any]], str]
 T = TypeVar("T")
 
-CHUNK = 5000  # items per transaction
+CHUNK = 5000  # items per batch of statements
 LOOKUP = 500  # keys per `IN (...)` (well under SQLite's variable limit)
+PLAN_CACHE_KIB = 64 * 1024  # SQLite's page cache while planning (default: 2 MiB)
 
 _INSERT = """
     INSERT INTO items (key, source, endpoint, request, request_hash, state, attempts,
                        created_at, updated_at, run_id, in_manifest)
     VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, 1)
 """
+_INSERT_NEW = _INSERT + " ON CONFLICT (key) DO NOTHING"
 _REDO = """
     UPDATE items SET source = ?, endpoint = ?, request = ?, request_hash = ?, state = 'pending',
         attempts = 0, request_id = NULL, status_url = NULL, response_url = NULL,
@@ -67,13 +82,41 @@ class _Planner:
     now: float
     run_id: int | None
     conflict_limit: int
-    lock: threading.RLock
+    fresh: bool = False  # the ledger had no items when the plan began
     counts: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             ("total", "new", "completed", "pending", "submitted", "failed", "changed", "dupes"), 0
         )
     )
     conflicts: list[Conflict] = field(default_factory=list)
+
+    def canonical(self, item: ItemLike) -> tuple[str, str]:
+        """(canonical payload JSON, request hash) of an item; those it carries, if any."""
+        request: str | None = getattr(item, "request_json", None)
+        known: str | None = getattr(item, "request_hash", None) if request else None
+        if not request:
+            request = canonical_json(item.payload)
+        if self.hasher is not None:
+            return request, self.hasher(item.endpoint, item.payload)
+        return request, known or hash_canonical(item.endpoint, request)
+
+    def process(self, items: list[ItemLike]) -> None:
+        if self.fresh:
+            self._insert_all(items)
+        else:
+            self._reconcile(self.prepare(items))
+
+    def _insert_all(self, items: list[ItemLike]) -> None:
+        """Into an empty ledger: every key not inserted by this plan already is new."""
+        now, run_id, canonical = self.now, self.run_id, self.canonical
+        rows = [
+            (item.key, item.source, item.endpoint, *canonical(item), now, now, run_id)
+            for item in items
+        ]
+        inserted = self.conn.executemany(_INSERT_NEW, rows).rowcount
+        self.counts["total"] += inserted
+        self.counts["new"] += inserted
+        self.counts["dupes"] += len(rows) - inserted
 
     def prepare(self, items: list[ItemLike]) -> list[_Prepared]:
         """Hash the chunk, dropping keys already seen in this chunk or an earlier one."""
@@ -82,11 +125,7 @@ class _Planner:
             if item.key in unique:
                 self.counts["dupes"] += 1
                 continue
-            request = canonical_json(item.payload)
-            if self.hasher is None:
-                digest = hash_canonical(item.endpoint, request)
-            else:
-                digest = self.hasher(item.endpoint, item.payload)
+            request, digest = self.canonical(item)
             unique[item.key] = _Prepared(item.key, item.source, item.endpoint, request, digest)
         for keys in chunked(list(unique), LOOKUP):
             marks = ",".join("?" * len(keys))
@@ -106,19 +145,7 @@ class _Planner:
                 found[key] = (state, old_hash, source)
         return found
 
-    def process(self, items: list[ItemLike]) -> None:
-        """One chunk, one transaction."""
-        with self.lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._process(self.prepare(items))
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
-
-    def _process(self, prepared: list[_Prepared]) -> None:
+    def _reconcile(self, prepared: list[_Prepared]) -> None:
         known = self.existing([p.key for p in prepared])
         new: list[tuple[Any, ...]] = []
         redo: list[_Prepared] = []
@@ -126,18 +153,8 @@ class _Planner:
         for p in prepared:
             old = known.get(p.key)
             if old is None:
-                new.append(
-                    (
-                        p.key,
-                        p.source,
-                        p.endpoint,
-                        p.request,
-                        p.hash,
-                        self.now,
-                        self.now,
-                        self.run_id,
-                    )
-                )
+                row = (p.key, p.source, p.endpoint, p.request, p.hash, self.now, self.now)
+                new.append((*row, self.run_id))
             elif old[1] != p.hash:
                 self.counts["changed"] += 1
                 if self.redo_changed:
@@ -163,29 +180,29 @@ class _Planner:
 
     def finish(self) -> int:
         """Mark which items this manifest lists; return how many it no longer lists."""
-        with self.lock:
-            return self._finish()
-
-    def _finish(self) -> int:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            self.conn.execute(
-                "UPDATE items SET in_manifest = 0 WHERE in_manifest = 1"
-                " AND key NOT IN (SELECT key FROM temp.plan_seen)"
-            )
-            self.conn.execute(
-                "UPDATE items SET in_manifest = 1 WHERE in_manifest = 0"
-                " AND key IN (SELECT key FROM temp.plan_seen)"
-            )
-            (missing,) = self.conn.execute(
-                "SELECT count(*) FROM items WHERE in_manifest = 0"
-            ).fetchone()
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise
+        if self.fresh:
+            return 0  # every item is this plan's, inserted as listed
+        self.conn.execute(
+            "UPDATE items SET in_manifest = 0 WHERE in_manifest = 1"
+            " AND key NOT IN (SELECT key FROM temp.plan_seen)"
+        )
+        self.conn.execute(
+            "UPDATE items SET in_manifest = 1 WHERE in_manifest = 0"
+            " AND key IN (SELECT key FROM temp.plan_seen)"
+        )
+        (missing,) = self.conn.execute("SELECT count(*) FROM items WHERE in_manifest = 0").fetchone()
         return int(missing)
+
+
+@contextmanager
+def _cache_size(conn: sqlite3.Connection, kib: int) -> Iterator[None]:
+    """A larger page cache for a while: a big plan's indexes stay in memory, not re-read."""
+    (previous,) = conn.execute("PRAGMA cache_size").fetchone()
+    conn.execute(f"PRAGMA cache_size = {-int(kib)}")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA cache_size = {int(previous)}")
 
 
 def plan_items(
@@ -200,17 +217,24 @@ def plan_items(
     lock: threading.RLock,
     chunk_size: int = CHUNK,
 ) -> PlanResult:
-    """See `Ledger.plan`. `lock` is held per chunk, not for the whole plan."""
-    planner = _Planner(conn, hasher, redo_changed, now, run_id, conflict_limit, lock)
-    with lock:
-        conn.execute("DROP TABLE IF EXISTS temp.plan_seen")
-        conn.execute("CREATE TEMP TABLE plan_seen (key TEXT PRIMARY KEY)")
-    try:
-        for chunk in chunked(items, chunk_size):
-            planner.process(chunk)
-        missing = planner.finish()
-    finally:
-        with lock:
+    """See `Ledger.plan`. One transaction; `lock` is held for the whole plan."""
+    planner = _Planner(conn, hasher, redo_changed, now, run_id, conflict_limit)
+    with lock, _cache_size(conn, PLAN_CACHE_KIB):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            planner.fresh = conn.execute("SELECT 1 FROM items LIMIT 1").fetchone() is None
+            if not planner.fresh:
+                conn.execute("DROP TABLE IF EXISTS temp.plan_seen")
+                conn.execute("CREATE TEMP TABLE plan_seen (key TEXT PRIMARY KEY)")
+            for chunk in chunked(items, chunk_size):
+                planner.process(chunk)
+            missing = planner.finish()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
             conn.execute("DROP TABLE IF EXISTS temp.plan_seen")
     c = planner.counts
     return PlanResult(

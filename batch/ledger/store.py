@@ -56,8 +56,8 @@ _WORK_NEXT = f"{_WORK} AND key > ? ORDER BY key LIMIT ?"
 class Ledger:
     """The results ledger of one output folder (`<output>/ledger.sqlite`).
 
-    Every method is one short transaction (or a few, for `plan` and `reset_to_pending`), so it
-    may be called straight from the event loop. The connection may be used from another thread
+    Every method is one short transaction (or a few, for `reset_to_pending`; `plan` is one long
+    one, planned before the run), so it may be called straight from the event loop. The connection may be used from another thread
     (`asyncio.to_thread(ledger.plan, items)`); calls are serialised by a lock. `export` reads
     through its own connection, so it can run in a thread while the loop keeps writing.
     """
@@ -152,16 +152,19 @@ class Ledger:
         hasher: Hasher | None = None,
         conflict_limit: int = 1000,
     ) -> PlanResult:
-        """Reconcile the manifest's items with the ledger, in bounded memory.
+        """Reconcile the manifest's items with the ledger, in one transaction, in bounded memory.
 
-        New keys are inserted `pending`; known keys are counted by state (their `source` is
+        All or nothing: an exception raised while the items are read (e.g. `ManifestError` from
+        `batch.manifest.ManifestCheck`, at the end of an invalid manifest) rolls the whole plan
+        back, and is raised. New keys are inserted `pending`; known keys are counted by state (their `source` is
         updated if the row moved). A known key whose request hash differs is `changed`: listed
         in `conflicts` (up to `conflict_limit`) and left alone, or with `redo_changed` reset to
         `pending` with the new request, its outputs rows deleted. Repeated keys count as
         `duplicates` (the first wins). Items the manifest no longer lists get `in_manifest = 0`
         and are counted as `missing`. `hasher(endpoint, payload)` gives the request hash
         (e.g. `batch.manifest.request_hash`); by default it is `request_hash`: sha256 of the
-        canonical `{"endpoint", "payload"}` JSON.
+        canonical `{"endpoint", "payload"}` JSON. An item that carries `request_json` and
+        `request_hash` (as `batch.manifest.EditItem` does) is stored with those, as they are.
         """
         return plan_items(
             self._conn,

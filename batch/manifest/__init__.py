@@ -8,7 +8,9 @@ row's own fields (later wins), validated by `batch.schema.EditInput`.
 - `scan` reads everything once, without network, and reports every problem as
   ``file:line: field: reason`` (a `ManifestError`), with counts for planning;
 - `iter_items` streams the valid items, one row in memory at a time;
-- `load` does both: a scanned `Manifest` whose iteration yields the items.
+- `load` does both: a scanned `Manifest` whose iteration yields the items (two passes);
+- `ManifestCheck` does both in one pass: the items stream while every row is checked, and
+  `ManifestError` comes at the end (planning a run writes the items in one transaction).
 
 An item's key is its ``id`` if given, else ``h`` + 20 hex digits of `request_hash`. Identical
 rows collapse into one item with a warning; two different requests with the same ``id`` are an
@@ -18,12 +20,13 @@ error.
 from batch.manifest.errors import ManifestError
 from batch.manifest.fields import ImageRefError, check_fields, resolve_image_ref, validate_id
 from batch.manifest.items import EditItem, request_hash
-from batch.manifest.scan import Manifest, ManifestScan, iter_items, load, scan
+from batch.manifest.scan import Manifest, ManifestCheck, ManifestScan, iter_items, load, scan
 
 __all__ = [
     "EditItem",
     "ImageRefError",
     "Manifest",
+    "ManifestCheck",
     "ManifestError",
     "ManifestScan",
     "check_fields",

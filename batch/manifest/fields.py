@@ -36,6 +36,10 @@ ID_MAX_LENGTH = 128
 _HTTP_RE = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?", re.IGNORECASE)
 _SCHEME_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*:")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# What _classify calls a URL, when the entry needs no stripping: the common case, in one match.
+_PLAIN_URL_RE = re.compile(
+    r"https?://[^\s/?#\x00-\x1f\x7f]+(?:[/?#][^\s\x00-\x1f\x7f]*)?", re.IGNORECASE
+)
 _SIZE_RE = re.compile(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*")
 _PRESETS = tuple(p.value for p in ImageSizePreset)
 _SIZE_HINT = (
@@ -122,7 +126,7 @@ def validate_id(value: object) -> str:
         raise ValueError("must not be empty")
     if len(text) > ID_MAX_LENGTH:
         raise ValueError(f"must be at most {ID_MAX_LENGTH} characters")
-    if any(c in text for c in "/\\\0"):
+    if "/" in text or "\\" in text or "\0" in text:
         raise ValueError("must not contain '/', '\\' or NUL")
     if text in (".", ".."):
         raise ValueError("must not be '.' or '..'")
@@ -152,6 +156,8 @@ def normalize_image_size(value: Any) -> tuple[Any, list[FieldProblem]]:
 
 
 def _apply_aliases(fields: dict[str, Any], problems: list[FieldProblem]) -> None:
+    if "image_url" not in fields and "images" not in fields:
+        return
     present = [k for k in (IMAGE_FIELD, *IMAGE_ALIASES) if k in fields]
     for alias in present[1:]:
         problems.append(((alias,), f"conflicts with {present[0]}"))
@@ -168,6 +174,9 @@ def _resolve_images(
 ) -> list[Any]:
     resolved: list[Any] = []
     for index, ref in enumerate(refs):
+        if isinstance(ref, str) and _PLAIN_URL_RE.fullmatch(ref):
+            resolved.append(ref)  # what resolve_image_ref gives for it, without the detour
+            continue
         if not isinstance(ref, str):
             resolved.append(ref)  # pydantic reports the type
             continue
@@ -191,14 +200,22 @@ def normalize_fields(
     problem with a local file is at ``image`` and leaves ``image_urls`` out of the request).
     """
     fields = dict(data)
+    return fields, normalize_in_place(fields, base_dir, files)
+
+
+def normalize_in_place(
+    fields: dict[str, Any], base_dir: Path, files: LocalFiles | None = None
+) -> list[FieldProblem]:
+    """`normalize_fields` on a dict of the caller's, changed in place; returns the problems."""
     problems: list[FieldProblem] = []
     _apply_aliases(fields, problems)
-    if isinstance(fields.get(IMAGE_FIELD), list):
-        fields[IMAGE_FIELD] = _resolve_images(fields[IMAGE_FIELD], base_dir, files, problems)
+    images = fields.get(IMAGE_FIELD)
+    if isinstance(images, list):
+        fields[IMAGE_FIELD] = _resolve_images(images, base_dir, files, problems)
     if "image_size" in fields:
         fields["image_size"], size_problems = normalize_image_size(fields["image_size"])
         problems.extend(size_problems)
-    return fields, problems
+    return problems
 
 
 def faulty_fields(problems: list[FieldProblem]) -> set[str | int]:

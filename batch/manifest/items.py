@@ -2,6 +2,8 @@
 
 The key of an item is the user's ``id`` when given (see `validate_id`), else
 ``"h" + request_hash(endpoint, payload)[:20]``, so the same request always gets the same key.
+An item carries its payload's canonical JSON and its request hash, computed once per row: the
+ledger stores both as they are.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import hashlib
 import json
 from array import array
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,17 @@ from pydantic import ValidationError
 
 from batch.localfiles import LocalFiles
 from batch.manifest.errors import FieldProblem, validation_problems
-from batch.manifest.fields import faulty_fields, normalize_fields, validate_id
+from batch.manifest.fields import faulty_fields, normalize_in_place, validate_id
 from batch.schema import EditInput
+
+# Sorted keys, no spaces, UTF-8 kept as is; one encoder for every row (json.dumps makes one
+# per call). check_circular only guards against cycles, which validated payloads cannot have.
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
+)
+canonical_json = _ENCODER.encode
+_validate = EditInput.__pydantic_validator__.validate_python  # = EditInput.model_validate
+_dump = EditInput.__pydantic_serializer__.to_python  # = EditInput.model_dump
 
 
 @dataclass(frozen=True)
@@ -28,7 +40,8 @@ class EditItem:
 
     ``payload`` is exactly what the user set (defaults from files included), validated by
     `EditInput` and dumped in JSON mode; ``source`` is ``file:line``; ``user_id`` is the ``id``
-    the user gave, if any (then it is also the key).
+    the user gave, if any (then it is also the key). ``request_json`` (the payload's canonical
+    JSON) and ``request_hash`` are derived from the rest, and computed when not given.
     """
 
     key: str
@@ -36,10 +49,21 @@ class EditItem:
     payload: dict[str, Any]
     source: str
     user_id: str | None
+    request_json: str = field(default="", repr=False, compare=False)
+    request_hash: str = field(default="", repr=False, compare=False)
 
-    @property
-    def request_hash(self) -> str:
-        return request_hash(self.endpoint, self.payload)
+    def __post_init__(self) -> None:
+        if not self.request_json:
+            object.__setattr__(self, "request_json", canonical_json(self.payload))
+        if not self.request_hash:
+            text = _request_prefix(self.endpoint) + self.request_json + "}"
+            object.__setattr__(self, "request_hash", hashlib.sha256(text.encode()).hexdigest())
+
+
+@lru_cache(maxsize=64)
+def _request_prefix(endpoint: str) -> str:
+    """The canonical request up to its payload: keys sort as "endpoint" < "payload"."""
+    return '{"endpoint":' + canonical_json(endpoint) + ',"payload":'
 
 
 def canonical_request(endpoint: str, payload: Mapping[str, Any]) -> bytes:
@@ -80,40 +104,51 @@ def build_item(
 
     Returns the item, or every problem of the row (not just the first).
     """
-    row = dict(data)
+    fields = dict(data)
     problems: list[FieldProblem] = []
     user_id: str | None = None
-    if "id" in row:
+    if "id" in fields:
         try:
-            user_id = validate_id(row.pop("id"))
+            user_id = validate_id(fields.pop("id"))
         except ValueError as exc:
             problems.append((("id",), str(exc)))
-    fields, field_problems = normalize_fields(row, base_dir, files)
-    problems.extend(field_problems)
-    faulty = faulty_fields(field_problems)
-    merged = {**defaults, **{k: v for k, v in fields.items() if k not in faulty}}
+    field_problems = normalize_in_place(fields, base_dir, files)
+    if field_problems:
+        problems.extend(field_problems)
+        faulty = faulty_fields(field_problems)
+        fields = {k: v for k, v in fields.items() if k not in faulty}
+    else:
+        faulty = set()
+    merged = {**defaults, **fields} if defaults else fields
     try:
-        model = EditInput.model_validate(merged)
+        model = _validate(merged)
     except ValidationError as exc:
         problems.extend(p for p in validation_problems(exc) if not p[0] or p[0][0] not in faulty)
         return problems
     if problems:
         return problems
-    payload = model.model_dump(mode="json", exclude_unset=True)
-    digest = hashlib.sha256(canonical_request(endpoint, payload)).digest()
-    key = user_id if user_id is not None else "h" + digest.hex()[:20]
-    return Built(EditItem(key, endpoint, payload, source, user_id), digest, model)
+    payload = _dump(model, mode="json", exclude_unset=True)
+    request_json = canonical_json(payload)
+    digest = hashlib.sha256((_request_prefix(endpoint) + request_json + "}").encode()).digest()
+    hex_digest = digest.hex()
+    key = user_id if user_id is not None else "h" + hex_digest[:20]
+    item = EditItem(key, endpoint, payload, source, user_id, request_json, hex_digest)
+    return Built(item, digest, model)
+
+
+_MASK64 = (1 << 64) - 1
 
 
 class SeenKeys:
     """key → (request digest, line) for the duplicate check, in about 40 bytes per key.
 
     A dict of strings would take ~170 MB for a million keys; this is open addressing over three
-    flat arrays (~40 MB). Keys and requests are compared by 64-bit hashes (blake2b of the key,
-    the first 8 bytes of the request's sha256): a false match needs a 64-bit collision.
+    flat arrays (~40 MB). Keys and requests are compared by 64-bit hashes (Python's string hash of
+    the key, the first 8 bytes of the request's sha256): a false match needs a 64-bit collision.
     """
 
     def __init__(self, capacity: int = 1024) -> None:
+        assert capacity & (capacity - 1) == 0, "capacity must be a power of two"
         self._allocate(capacity)
         self._count = 0
 
@@ -128,7 +163,7 @@ class SeenKeys:
 
     def add(self, key: str, digest: bytes, line: int) -> tuple[bool, int] | None:
         """Record ``key``; None if it is new, else (same request?, line of the first one)."""
-        key_hash = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest()) | 1
+        key_hash = hash(key) & _MASK64 | 1  # str hashes: 64-bit SipHash, cached on the string
         request = int.from_bytes(digest[:8])
         slot = key_hash & self._mask
         while self._keys[slot]:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import codecs
 import csv
+import itertools
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -55,41 +56,49 @@ Event = Row | Problem | Defaults
 VERBATIM = frozenset({"prompt", "negative_prompt"})
 
 
-class _Lines:
-    """Feeds csv.reader one decoded line at a time and counts the lines it has taken.
-
-    Decoding line by line (not by buffer) puts a UTF-8 error on its exact line.
-    """
-
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
-        self.count = 0
-
-    def __iter__(self) -> _Lines:
-        return self
-
-    def __next__(self) -> str:
-        raw = next(self._fh)
-        self.count += 1
-        return _decode(raw, self.count)
-
-
 def _decode(raw: bytes, number: int) -> str:
     if number == 1 and raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8) :]
     return raw.decode("utf-8")
 
 
-def _cell(column: str, text: str) -> Any:
-    if column == IMAGE_FIELD:
-        return [part.strip() for part in text.split("|")]
-    value = text if column in VERBATIM else text.strip()
-    if column == "image_size" and value.startswith("{"):
+def _first_line(fh: BinaryIO) -> Iterator[str]:
+    raw = fh.readline()
+    if raw:
+        yield _decode(raw, 1)
+
+
+def _lines(fh: BinaryIO) -> Iterator[str]:
+    """The file's lines for csv.reader, decoded one at a time (not by buffer), so that a UTF-8
+    error is raised on its exact line; csv.reader's ``line_num`` counts the lines taken."""
+    return itertools.chain(_first_line(fh), map(bytes.decode, fh))
+
+
+def _images_cell(text: str) -> list[str]:
+    if "|" not in text:
+        return [text.strip()]
+    return [part.strip() for part in text.split("|")]
+
+
+def _size_cell(text: str) -> Any:
+    value = text.strip()
+    if value.startswith("{"):
         try:
             return json.loads(value)
         except json.JSONDecodeError:
             return value  # reported as a bad image_size
     return value
+
+
+def _verbatim(text: str) -> str:
+    return text
+
+
+_CELLS: dict[str, Callable[[str], Any]] = {
+    IMAGE_FIELD: _images_cell,
+    "image_size": _size_cell,
+    **dict.fromkeys(VERBATIM, _verbatim),
+}
 
 
 def _plan_columns(
@@ -124,11 +133,11 @@ def _plan_columns(
 
 def read_csv(path: Path, ctx: ReadContext) -> Iterator[Event]:
     with path.open("rb") as fh:
-        lines = _Lines(fh)
-        reader = csv.reader(lines, strict=True)
+        reader = csv.reader(_lines(fh), strict=True)
         columns: list[str | None] | None = None
+        cells_of: list[tuple[str | None, Callable[[str], Any]]] = []
         while True:
-            start = lines.count + 1
+            start = reader.line_num + 1
             try:
                 cells = next(reader)
             except StopIteration:
@@ -137,25 +146,25 @@ def read_csv(path: Path, ctx: ReadContext) -> Iterator[Event]:
                 yield Problem(start, (), f"CSV error: {exc}", "fatal")
                 return
             except UnicodeDecodeError as exc:
-                yield Problem(
-                    lines.count, (), f"not valid UTF-8 (byte {exc.start + 1} of the line)", "fatal"
-                )
+                why = f"not valid UTF-8 (byte {exc.start + 1} of the line)"
+                yield Problem(reader.line_num + 1, (), why, "fatal")
                 return
-            if not any(c.strip() for c in cells):
+            if not any(map(str.strip, cells)):
                 continue  # blank line, or a row of empty cells
             if columns is None:
                 columns, problems = _plan_columns(cells, start, ctx)
                 yield from problems
                 if any(p.kind == "fatal" for p in problems):
                     return
+                cells_of = [(c, _CELLS.get(c, str.strip) if c else str.strip) for c in columns]
                 continue
             if len(cells) > len(columns):
                 why = f"row has {len(cells)} cells, the header has {len(columns)}"
                 yield Problem(start, (), why)
                 continue
             data = {
-                column: _cell(column, text)
-                for column, text in zip(columns, cells, strict=False)
+                column: convert(text)
+                for (column, convert), text in zip(cells_of, cells)  # noqa: B905 (short rows)
                 if column is not None and text.strip()
             }
             yield Row(start, data)

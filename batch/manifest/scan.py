@@ -1,6 +1,7 @@
-"""Reading a whole manifest: `scan` validates and counts, `iter_items` streams the items.
+"""Reading a whole manifest: `scan` validates and counts, `iter_items` streams the items, and
+`ManifestCheck` does both in one pass (what planning a run uses).
 
-Both read the file the same way, one row at a time (a CSV of a million rows is never held in
+All read the file the same way, one row at a time (a CSV of a million rows is never held in
 memory): rows are merged with the defaults (job defaults < manifest defaults < row fields),
 validated, keyed, and checked for duplicates. Only ``key → (request hash, line)`` is kept, in
 a compact table (`SeenKeys`).
@@ -198,6 +199,100 @@ class _Tally:
             self.pixels += model.num_images * size[0] * size[1]
 
 
+class ManifestCheck:
+    """One pass over a manifest that checks every row and streams the valid items as it goes.
+
+        check = ManifestCheck("m.csv")
+        for item in check.items():   # the valid items, in file order
+            ...
+        check.summary                # the counts, once items() has run to its end
+
+    When the file has been read, `items` raises `ManifestError` listing every error (see
+    `scan`); ``summary`` is set only if it does not. Unless ``skip_invalid``, the items stop at
+    the first error — they could not be used — but the reading goes on, to report every error.
+    So a consumer that writes the items somewhere in one transaction (`Ledger.plan`) undoes it
+    when the error comes, and a valid manifest is read once, not once to check and once to use.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        *,
+        endpoint: str = DEFAULT_ENDPOINT,
+        defaults: Mapping[str, Any] | None = None,
+        skip_invalid: bool = False,
+        files: LocalFiles | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.endpoint = endpoint
+        self.defaults = defaults
+        self.skip_invalid = skip_invalid
+        self.files = files if files is not None else LocalFiles(ImageLimits())
+        self._summary: ManifestScan | None = None
+
+    @property
+    def summary(self) -> ManifestScan:
+        if self._summary is None:
+            raise RuntimeError("the manifest has not been read to its end")
+        return self._summary
+
+    def items(self) -> Iterator[EditItem]:
+        """The valid items, duplicates dropped; then `ManifestError` if the manifest is invalid."""
+        name = display_path(self.path)
+        tally = _Tally(files=self.files)
+        fatal = failed = False
+        events = _events(self.path, name, self.endpoint, self.defaults, self.files)
+        for event in events:
+            if isinstance(event, Built):
+                tally.count(event)
+                if not failed or self.skip_invalid:
+                    yield event.item
+            elif isinstance(event, list):
+                tally.invalid_rows += 1
+                failed = True
+                for problem in event:
+                    tally.errors.add(problem.format(name))
+            elif isinstance(event, _Duplicate):
+                tally.duplicates += 1
+                tally.warnings.add(event.warning.format(name))
+            elif event.kind == "warning":
+                tally.warnings.add(event.format(name))
+            else:
+                fatal = fatal or event.kind == "fatal"
+                failed = True
+                tally.errors.add(event.format(name))
+        self._summary = _summary(self.path, name, tally, fatal, self.skip_invalid)
+
+
+def _summary(
+    path: Path, name: str, tally: _Tally, fatal: bool, skip_invalid: bool
+) -> ManifestScan:
+    """The counts of a read manifest; `ManifestError` if it is invalid (see `scan`)."""
+    if not tally.items and not tally.errors.kept:
+        tally.warnings.add(f"{name}: no items")
+    errors, warnings = tally.errors, tally.warnings
+    if errors.kept and (fatal or not skip_invalid):
+        raise ManifestError(errors.kept, warnings.kept, omitted=errors.omitted)
+    return ManifestScan(
+        path=path,
+        items=tally.items,
+        images=tally.images,
+        output_images=tally.output_images,
+        output_megapixels=tally.pixels / 1_000_000,
+        unknown_size_items=tally.unknown_size,
+        inline_images=tally.inline_images,
+        local_images=tally.local_images,
+        local_files=len(tally.files) if tally.files is not None else 0,
+        duplicates=tally.duplicates,
+        invalid_rows=tally.invalid_rows,
+        errors=tuple(errors.kept),
+        warnings=tuple(warnings.kept),
+        omitted_errors=errors.omitted,
+        omitted_warnings=warnings.omitted,
+        estimate=tally.estimate,
+    )
+
+
 def scan(
     path: PathLike,
     *,
@@ -214,49 +309,12 @@ def scan(
     Local images are read and checked into ``files`` (default: a new `LocalFiles` with the
     default `ImageLimits`); pass the same registry to `iter_items` to read each file once.
     """
-    manifest = Path(path)
-    name = display_path(manifest)
-    files = files if files is not None else LocalFiles(ImageLimits())
-    tally = _Tally(files=files)
-    fatal = False
-    for event in _events(manifest, name, endpoint, defaults, files):
-        if isinstance(event, Built):
-            tally.count(event)
-        elif isinstance(event, list):
-            tally.invalid_rows += 1
-            for problem in event:
-                tally.errors.add(problem.format(name))
-        elif isinstance(event, _Duplicate):
-            tally.duplicates += 1
-            tally.warnings.add(event.warning.format(name))
-        elif event.kind == "warning":
-            tally.warnings.add(event.format(name))
-        else:
-            fatal = fatal or event.kind == "fatal"
-            tally.errors.add(event.format(name))
-    if not tally.items and not tally.errors.kept:
-        tally.warnings.add(f"{name}: no items")
-    errors, warnings = tally.errors, tally.warnings
-    if errors.kept and (fatal or not skip_invalid):
-        raise ManifestError(errors.kept, warnings.kept, omitted=errors.omitted)
-    return ManifestScan(
-        path=manifest,
-        items=tally.items,
-        images=tally.images,
-        output_images=tally.output_images,
-        output_megapixels=tally.pixels / 1_000_000,
-        unknown_size_items=tally.unknown_size,
-        inline_images=tally.inline_images,
-        local_images=tally.local_images,
-        local_files=len(files),
-        duplicates=tally.duplicates,
-        invalid_rows=tally.invalid_rows,
-        errors=tuple(errors.kept),
-        warnings=tuple(warnings.kept),
-        omitted_errors=errors.omitted,
-        omitted_warnings=warnings.omitted,
-        estimate=tally.estimate,
+    check = ManifestCheck(
+        path, endpoint=endpoint, defaults=defaults, skip_invalid=skip_invalid, files=files
     )
+    for _ in check.items():
+        pass
+    return check.summary
 
 
 def iter_items(

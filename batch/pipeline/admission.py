@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 
 from asyncio_throttle.throttler import Throttler
 
 _SMOOTH_RATE = 20.0  # up to this rate, pace one submit per 1/rate s instead of bursts
+DECREASE = 0.85
+INCREASE = 1.005
+ACCEPT_WINDOW = 2.0  # seconds of accepted submits that say what the server takes
 
 
 def make_throttler(rate: float) -> Throttler:
@@ -38,7 +42,8 @@ class Admission:
         self.rate = rate
         self.in_flight = 0
         self.rate_limited = 0
-        self._paused_until = 0.0
+        self._cooldown_until = 0.0
+        self._accepted: deque[float] = deque()  # accept times within the last ACCEPT_WINDOW
         self._slots = asyncio.Semaphore(concurrency)
         self._throttle = make_throttler(rate)
 
@@ -58,21 +63,41 @@ class Admission:
         self._slots.release()
 
     async def before_submit(self) -> None:
-        """Wait out any 429 pause, then the submit rate."""
-        while (delay := self._paused_until - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
+        """Wait for the submit rate."""
         await self._throttle.acquire()  # type: ignore[no-untyped-call]
 
     def on_rate_limited(self, retry_after: float) -> None:
-        """Multiplicative decrease, and a pause for everyone until Retry-After has passed."""
+        """Decrease: to the rate the server was accepting, or by 15%, whichever is lower.
+
+        429s that arrive together are one signal: the rate drops once per cool-down (the
+        Retry-After, at least a few submit intervals).
+        """
         self.rate_limited += 1
-        self._set_rate(max(self.min_rate, self.rate / 2))
-        self._paused_until = max(self._paused_until, time.monotonic() + retry_after)
+        now = time.monotonic()
+        if now < self._cooldown_until:
+            return
+        target = self.rate * DECREASE
+        observed = self._accepted_rate(now)
+        if observed is not None:
+            target = min(target, observed)
+        self._set_rate(max(self.min_rate, target))
+        self._cooldown_until = now + max(retry_after, 3.0 / self.rate)
 
     def on_accepted(self) -> None:
-        """Additive increase back towards the configured rate."""
+        """Increase a little towards the configured rate."""
+        now = time.monotonic()
+        self._accepted.append(now)
+        self._accepted_rate(now)  # drops old entries
         if self.rate < self.max_rate:
-            self._set_rate(min(self.max_rate, self.rate + max(0.1, self.max_rate / 50)))
+            self._set_rate(min(self.max_rate, self.rate * INCREASE + 0.01))
+
+    def _accepted_rate(self, now: float) -> float | None:
+        """Accepted submits per second over the last window, once the window has enough."""
+        while self._accepted and self._accepted[0] < now - ACCEPT_WINDOW:
+            self._accepted.popleft()
+        if len(self._accepted) < 5:
+            return None
+        return len(self._accepted) / ACCEPT_WINDOW
 
     def _set_rate(self, rate: float) -> None:
         self.rate = rate

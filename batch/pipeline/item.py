@@ -105,10 +105,13 @@ async def run_item(ctx: ItemContext, row: ItemRow, slot: Slot) -> float | None:
     next request can start while this one's files download.
     """
     try:
-        handle = _handle_of(ctx, row) or await _submit(ctx, row)
+        handle = _handle_of(ctx, row)
+        fresh = handle is None
+        if handle is None:
+            handle = await _submit(ctx, row)
         if ctx.detach:
             return None  # `webhook serve` collects it, or a later run re-attaches
-        completed = await _wait(ctx, row, handle)
+        completed = await _wait(ctx, row, handle, fresh=fresh)
         output = await _fetch_result(ctx, row, handle, completed)
         slot.release()
         await _collect(ctx, row, output)
@@ -220,13 +223,15 @@ def _note_ambiguous(ctx: ItemContext, row: ItemRow) -> None:
     ctx.ledger.mark_ambiguous(row.key)
 
 
-async def _wait(ctx: ItemContext, row: ItemRow, handle: RequestHandle) -> Completed:
+async def _wait(
+    ctx: ItemContext, row: ItemRow, handle: RequestHandle, *, fresh: bool = False
+) -> Completed:
     ctx.stats.in_flight += 1
     try:
         if ctx.deadline is None:
-            return await ctx.waiter.wait(handle)
+            return await ctx.waiter.wait(handle, fresh=fresh)
         async with asyncio.timeout(ctx.deadline):
-            return await ctx.waiter.wait(handle)
+            return await ctx.waiter.wait(handle, fresh=fresh)
     except TimeoutError:
         await _cancel_quietly(ctx, handle)
         _retry(ctx, row, TransientError(f"no result within the {ctx.deadline:g} s deadline"))

@@ -6,6 +6,11 @@ hash of the file — is what makes resuming a finished 100,000-item job take a m
 a full validation. Manifests with local images are always planned again, because a file can
 change while the manifest text does not (or a folder gain files); the ledger's records of the
 files keep that cheap: an unchanged file (same size, mtime and ctime) is not read again.
+
+Otherwise the manifest is read once: each row is checked and its item goes straight into the
+ledger, all in one transaction (`ManifestCheck` into `Ledger.plan`). An invalid manifest raises
+`ManifestError` listing every bad row at the end of the file, and the transaction is rolled
+back: nothing is planned, and nothing is sent (DESIGN invariant 5).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from importlib.metadata import PackageNotFoundError, version
 from batch.job import JobSpec
 from batch.ledger import Ledger, PlanResult
 from batch.localfiles import LocalFiles
-from batch.manifest import iter_items, scan
+from batch.manifest import ManifestCheck
 
 FINGERPRINT = "plan_fingerprint"
 PLAN_COUNTS = "plan_counts"
@@ -66,9 +71,9 @@ def plan_run(spec: JobSpec, ledger: Ledger, *, redo_changed: bool = False) -> Pl
         }
         return Planned(counts, to_do, reused=True)
     files = LocalFiles(spec.image_limits, known=ledger.uploads.known_files())
-    scanned = scan(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults, files=files)
-    items = iter_items(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults, files=files)
-    plan = ledger.plan(items, redo_changed=redo_changed)
+    check = ManifestCheck(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults, files=files)
+    plan = ledger.plan(check.items(), redo_changed=redo_changed)  # ManifestError: rolled back
+    scanned = check.summary
     ledger.uploads.record_files(files.files())  # where the pipeline finds each file's bytes
     if plan.changed and not redo_changed:
         ledger.set_meta(FINGERPRINT, None)

@@ -205,7 +205,7 @@ async def _execute(
         ctx = ItemContext(
             client=client,
             ledger=ledger,
-            admission=Admission(spec.concurrency, spec.rate),
+            admission=Admission(_in_flight_limit(spec), spec.rate),
             waiter=waiter,
             policy=policy,
             stats=stats,
@@ -275,8 +275,16 @@ async def _queue(spec: JobSpec, credentials: Credentials | None) -> AsyncIterato
         yield client
 
 
+def _in_flight_limit(spec: JobSpec) -> int:
+    """Requests kept submitted: fal's slots plus a few waiting in its queue. Queued requests
+    cost nothing and are never rejected, and they start the moment a slot frees, however
+    late this client notices that the previous one finished."""
+    ahead = spec.concurrency if spec.queue_ahead is None else spec.queue_ahead
+    return spec.concurrency + ahead
+
+
 def _connections(spec: JobSpec) -> int:
-    return max(100, spec.concurrency * 2 + DOWNLOAD_CONCURRENCY)
+    return max(100, _in_flight_limit(spec) * 2 + DOWNLOAD_CONCURRENCY)
 
 
 @contextlib.contextmanager

@@ -28,21 +28,34 @@ _STATUS_RETRIES = 6
 
 
 class ServiceTimes:
-    """A running estimate (EWMA) of how long a request runs once started."""
+    """Running estimates (EWMA) of how long a request runs once started, and of its spread."""
 
-    def __init__(self, initial: float = 0.0, weight: float = 0.2) -> None:
-        self.estimate = initial
+    def __init__(self, weight: float = 0.1) -> None:
+        self.estimate = 0.0
+        self.spread = 0.0  # mean absolute deviation
         self.samples = 0
         self._weight = weight
 
     def record(self, seconds: float) -> None:
-        if seconds <= 0:
-            seconds = 0.0
+        seconds = max(seconds, 0.0)
         if self.samples == 0:
             self.estimate = seconds
         else:
-            self.estimate += self._weight * (seconds - self.estimate)
+            error = seconds - self.estimate
+            self.estimate += self._weight * error
+            self.spread += self._weight * (abs(error) - self.spread)
         self.samples += 1
+
+
+def first_poll(service: ServiceTimes, position: int | None, slots: int) -> float:
+    """Seconds between a submit and its first status request: when it is likely done, from
+    the queue position the submit answered (the queue ahead keeps fal's slots busy meanwhile,
+    so waiting costs no throughput)."""
+    if service.samples == 0:
+        return MIN_INTERVAL
+    if position is None:
+        return _clamp(service.estimate)
+    return next_poll(Queued(position), service, 0.0, slots, 0.0)
 
 
 def next_poll(
@@ -50,21 +63,30 @@ def next_poll(
 ) -> float:
     """Seconds until the next status request, from what this status says.
 
-    `running_for` counts from when the request was first seen IN_PROGRESS, `waited` from its
-    first status request. Until a service time has been observed, intervals grow with `waited`.
+    Aim at the moment the request is likely done: a queued one after the requests ahead of
+    it have run (`slots` at a time) plus its own service time; a running one at the typical
+    service time plus spread. `running_for` counts from when it was first seen IN_PROGRESS,
+    `waited` from its first status request. Until a service time has been observed, intervals
+    grow with `waited`.
     """
     if service.samples == 0:
-        return min(MAX_INTERVAL, max(MIN_INTERVAL, 0.1 + 0.25 * waited))
+        return _clamp(0.1 + 0.25 * waited)
     expected = max(service.estimate, MIN_INTERVAL)
+    likely = expected + service.spread
     if isinstance(status, Queued):
-        # `position` requests are ahead; `slots` run at once; ours then runs ~`expected`.
-        wait = (status.position // max(slots, 1) + 1) * expected
-        return min(MAX_INTERVAL, max(MIN_INTERVAL, wait / 2))
-    remaining = expected - running_for
+        return _clamp((status.position / max(slots, 1)) * expected + likely)
+    if running_for == 0.0:
+        # Just seen running: it may have started any time since the last poll.
+        return _clamp(0.6 * likely)
+    remaining = likely - running_for
     if remaining > MIN_INTERVAL:
-        return min(MAX_INTERVAL, remaining)
-    # Past the estimate: back off gently, so a slow request costs few extra polls.
-    return min(MAX_INTERVAL, max(MIN_INTERVAL, 0.25 * expected, 0.1 * running_for))
+        return _clamp(remaining)
+    # Past the likely end: a slow one; ask again at a modest pace.
+    return _clamp(max(0.35 * expected, 0.1 * running_for))
+
+
+def _clamp(seconds: float) -> float:
+    return min(MAX_INTERVAL, max(MIN_INTERVAL, seconds))
 
 
 class Waiter:
@@ -91,7 +113,8 @@ class Waiter:
         self._count = on_status_request
         self.hooks = hooks  # mode "webhook": the run's receiver
 
-    async def wait(self, handle: RequestHandle) -> Completed:
+    async def wait(self, handle: RequestHandle, *, fresh: bool = False) -> Completed:
+        """Wait until fal says COMPLETED. `fresh`: submitted just now (not re-attached)."""
         if self.mode == "webhook" and self.hooks is not None:
             return await self.hooks.wait(handle, self._poll, self.service)
         if self.mode == "stream":
@@ -99,7 +122,7 @@ class Waiter:
                 return await self._stream(handle)
             except TransientError:
                 pass  # a dropped or refused stream: polling still finds the answer
-        return await self._poll(handle)
+        return await self._poll(handle, fresh=fresh)
 
     async def _stream(self, handle: RequestHandle) -> Completed:
         self._count()
@@ -109,7 +132,10 @@ class Waiter:
                 return status
         raise TransientError("status stream ended without COMPLETED")
 
-    async def _poll(self, handle: RequestHandle) -> Completed:
+    async def _poll(self, handle: RequestHandle, *, fresh: bool = False) -> Completed:
+        """Poll until COMPLETED. `fresh`: just submitted, so the first look can wait."""
+        if fresh:
+            await asyncio.sleep(first_poll(self.service, handle.queue_position, self.slots))
         first = time.monotonic()
         started: float | None = None
         while True:

@@ -110,7 +110,10 @@ async def test_every_run_writes_the_report_and_the_command_rewrites_it(make_runn
     summary = await runner.run()
     page = runner.out / "report.html"
     assert page.is_file() and f"report: {page}" in summary.text()
-    assert set(_records(page)) == {"ok0", "ok1", "bad0"}
+    records = _records(page)
+    assert set(records) == {"ok0", "ok1", "bad0"}
+    assert records["bad0"]["i"] == [[None, None, "no thumbnail"]]  # not an image: no dead link
+    assert records["bad0"]["e"].startswith("permanent: ") and records["bad0"]["o"] == []
 
     page.unlink()
     cli = CliRunner()
