@@ -6,7 +6,7 @@ name: catalog                        # default: this file's stem
 endpoint: fal-ai/firered-image-edit
 queue: local                         # the embedded simulator, or a URL (https://queue.fal.run)
 concurrency: 8                       # requests fal runs at once (your account's limit)
-queue_ahead: 8                       # more waiting in fal's queue, so no slot idles (default = concurrency)
+queue_ahead: 8                       # more waiting in fal's queue (default: = concurrency)
 rate: 10                             # submits per second
 wait: poll                           # poll | stream | webhook
 retries: {attempts: 5, backoff_min: 0.5, backoff_max: 30}
