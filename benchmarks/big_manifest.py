@@ -47,7 +47,7 @@ def make_csv(path: Path, n: int) -> None:
             if i % 3 == 0:
                 urls += f"|https://img.example.com/products/{i}/back.jpg"
             prompt = f"put product {i} on a white background, soft shadow"
-            lines.append(f"sku-{i:07d},\"{prompt}\",{urls},{i},{1 + i % 2},{FORMATS[i % 2]}\n")
+            lines.append(f'sku-{i:07d},"{prompt}",{urls},{i},{1 + i % 2},{FORMATS[i % 2]}\n')
             if len(lines) == 10_000:
                 fh.writelines(lines)
                 lines.clear()

@@ -11,10 +11,11 @@ against `firered-batch sim` in its own process, counting every request the simul
 
 The finished job is built by a shortcut, not by running N requests: `plan_run` plans the
 manifest into a fresh ledger (as a first run would), then one SQL transaction marks every item
-``completed`` (attempts 1, a request id, timestamps) and gives it one ``outputs`` row. The
-output image files are not written (the report lists them as missing), and no report or
-export exists before the first timed run. Everything the resume reads — the fingerprint of
-the manifest, the ledger, its counts — is what a real finished run leaves.
+``completed`` (attempts 1, a request id, timestamps) and gives it one ``outputs`` row; then the
+exports and the report are written, as the run that finished the job would have. The output
+image files are not written (the report lists them as missing). Everything the resume reads —
+the fingerprint of the manifest, the ledger, its counts, the derived files — is what a real
+finished run leaves.
 
 Printed: wall time and API calls per phase, the exit code and the run's peak RSS. The script
 exits 1 if the unchanged resume makes any API call or a run exits non-zero.
@@ -74,6 +75,11 @@ def finished_job(manifest: Path, output: Path) -> float:
         conn.execute("COMMIT")
     finally:
         conn.close()
+    from batch.report import write_report_quietly
+
+    with Ledger.open(output) as ledger:
+        ledger.export(output)
+    write_report_quietly(spec)
     return time.perf_counter() - started
 
 
@@ -95,7 +101,7 @@ def run_command(sim: SimProcess, manifest: Path, output: Path) -> dict[str, Any]
 def append_row(manifest: Path, index: int) -> None:
     """One new row whose input the simulator can read without network (a data URI)."""
     with manifest.open("a", encoding="utf-8") as fh:
-        fh.write(f"sku-{index:07d},one more product,\"{png_data_uri()}\",{index},1,png\n")
+        fh.write(f'sku-{index:07d},one more product,"{png_data_uri()}",{index},1,png\n')
 
 
 def main() -> int:

@@ -190,7 +190,9 @@ class _Planner:
             "UPDATE items SET in_manifest = 1 WHERE in_manifest = 0"
             " AND key IN (SELECT key FROM temp.plan_seen)"
         )
-        (missing,) = self.conn.execute("SELECT count(*) FROM items WHERE in_manifest = 0").fetchone()
+        (missing,) = self.conn.execute(
+            "SELECT count(*) FROM items WHERE in_manifest = 0"
+        ).fetchone()
         return int(missing)
 
 

@@ -264,9 +264,7 @@ class ManifestCheck:
         self._summary = _summary(self.path, name, tally, fatal, self.skip_invalid)
 
 
-def _summary(
-    path: Path, name: str, tally: _Tally, fatal: bool, skip_invalid: bool
-) -> ManifestScan:
+def _summary(path: Path, name: str, tally: _Tally, fatal: bool, skip_invalid: bool) -> ManifestScan:
     """The counts of a read manifest; `ManifestError` if it is invalid (see `scan`)."""
     if not tally.items and not tally.errors.kept:
         tally.warnings.add(f"{name}: no items")

@@ -71,7 +71,9 @@ def plan_run(spec: JobSpec, ledger: Ledger, *, redo_changed: bool = False) -> Pl
         }
         return Planned(counts, to_do, reused=True)
     files = LocalFiles(spec.image_limits, known=ledger.uploads.known_files())
-    check = ManifestCheck(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults, files=files)
+    check = ManifestCheck(
+        spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults, files=files
+    )
     plan = ledger.plan(check.items(), redo_changed=redo_changed)  # ManifestError: rolled back
     scanned = check.summary
     ledger.uploads.record_files(files.files())  # where the pipeline finds each file's bytes

@@ -167,10 +167,23 @@ async def run_job(
             summary.possible_duplicates = ledger.possible_duplicates()
             summary.wall_time = time.monotonic() - started
             ledger.finish_run(run_id, summary.counts, summary.exit_code)
-            ledger.export(output_dir)
+            if not (plan.reused and stats.done == 0 and _derived_current(ledger, output_dir)):
+                ledger.export(output_dir)
+                write_report_quietly(spec)
             summary.cost = cost_lines(ledger, spec.price, _max_usd(spec))
-            write_report_quietly(spec)
     return summary
+
+
+def _derived_current(ledger: Ledger, output_dir: Path) -> bool:
+    """Whether results.csv, results.jsonl and report.html already show every item as it is:
+    all three exist and were written after the ledger's last item change. Then a run that
+    changed nothing (resuming a finished job) need not write them again."""
+    files = [output_dir / "results.csv", output_dir / "results.jsonl", output_dir / REPORT_NAME]
+    try:
+        written = min(path.stat().st_mtime for path in files)
+    except OSError:
+        return False
+    return ledger.last_item_change() < written
 
 
 async def _execute(

@@ -108,3 +108,20 @@ async def test_dry_run_sends_nothing(runner):
     summary = await runner.run(runner.spec(runner.manifest(3)), dry_run=True)
     assert summary.plan["new"] == 3 and summary.exit_code == EXIT_OK
     assert sim.counters.snapshot()["requests"] == {}
+
+
+async def test_resume_of_a_finished_job_keeps_its_exports(runner):
+    """Nothing changed: results and report are current and not written again; one missing
+    file makes the run write them all."""
+    await runner.start()
+    spec = runner.spec(runner.manifest(4))
+    assert (await runner.run(spec)).exit_code == EXIT_OK
+    out = runner.tmp / "out"
+    derived = [out / "results.csv", out / "results.jsonl", out / "report.html"]
+    before = [path.stat().st_mtime_ns for path in derived]
+    assert (await runner.run(spec)).exit_code == EXIT_OK
+    assert [path.stat().st_mtime_ns for path in derived] == before
+    (out / "report.html").unlink()
+    assert (await runner.run(spec)).exit_code == EXIT_OK
+    assert all(path.exists() for path in derived)
+    assert (out / "results.csv").stat().st_mtime_ns > before[0]
