@@ -118,3 +118,22 @@ def test_storm_reports_429_share_and_ideal_ratio(tmp_path: Path) -> None:
     assert_positive(figures, ["ideal_s", "submit_span_s", "ideal_ratio", "submits"])
     assert figures["submits"] >= N
     assert 0 <= figures["rejected_share"] < 1
+
+
+@pytest.mark.timeout(60)
+def test_big_manifest_reports_every_phase_with_all_items(tmp_path: Path) -> None:
+    """big_manifest.py validates and plans N rows in each phase and reports time and memory."""
+    figures = run_script("big_manifest.py", tmp_path / "big_manifest.json")
+    for phase in ("validate", "plan", "dry_run", "dry_run_again"):
+        assert_positive(figures, [f"{phase}_s", f"{phase}_us_per_row", f"{phase}_peak_rss_mib"])
+        assert figures[f"{phase}_items"] == N, phase
+
+
+@pytest.mark.timeout(60)
+def test_resume_of_a_finished_job_makes_no_api_call(tmp_path: Path) -> None:
+    """resume.py: the unchanged resume makes 0 API calls; the appended row is sent."""
+    figures = run_script("resume.py", tmp_path / "resume.json")
+    assert_positive(figures, ["unchanged_wall_s", "appended_wall_s", "run_peak_rss_mib"])
+    assert figures["unchanged_api_calls"] == 0
+    assert figures["appended_api_calls"] > 0
+    assert figures["unchanged_exit_code"] == figures["appended_exit_code"] == 0

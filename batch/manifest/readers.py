@@ -135,7 +135,7 @@ def read_csv(path: Path, ctx: ReadContext) -> Iterator[Event]:
     with path.open("rb") as fh:
         reader = csv.reader(_lines(fh), strict=True)
         columns: list[str | None] | None = None
-        cells_of: list[tuple[str | None, Callable[[str], Any]]] = []
+        special: list[tuple[int, str, Callable[[str], Any]]] = []  # cells not merely trimmed
         while True:
             start = reader.line_num + 1
             try:
@@ -149,24 +149,25 @@ def read_csv(path: Path, ctx: ReadContext) -> Iterator[Event]:
                 why = f"not valid UTF-8 (byte {exc.start + 1} of the line)"
                 yield Problem(reader.line_num + 1, (), why, "fatal")
                 return
-            if not any(map(str.strip, cells)):
+            trimmed = list(map(str.strip, cells))
+            if not any(trimmed):
                 continue  # blank line, or a row of empty cells
             if columns is None:
                 columns, problems = _plan_columns(cells, start, ctx)
                 yield from problems
                 if any(p.kind == "fatal" for p in problems):
                     return
-                cells_of = [(c, _CELLS.get(c, str.strip) if c else str.strip) for c in columns]
+                special = [(i, c, _CELLS[c]) for i, c in enumerate(columns) if c in _CELLS]
                 continue
             if len(cells) > len(columns):
                 why = f"row has {len(cells)} cells, the header has {len(columns)}"
                 yield Problem(start, (), why)
                 continue
-            data = {
-                column: convert(text)
-                for (column, convert), text in zip(cells_of, cells)  # noqa: B905 (short rows)
-                if column is not None and text.strip()
-            }
+            # a short row leaves the last columns empty
+            data = {c: text for c, text in zip(columns, trimmed) if c and text}  # noqa: B905
+            for index, column, convert in special:
+                if column in data:
+                    data[column] = convert(cells[index])
             yield Row(start, data)
 
 

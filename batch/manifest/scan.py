@@ -120,10 +120,10 @@ def _events(
     seen = SeenKeys()
     try:
         for event in reader(path, ReadContext(base_dir, base, files)):
-            if isinstance(event, Defaults):
-                base = {**base, **event.values}
-            elif isinstance(event, Row):
+            if isinstance(event, Row):
                 yield _row(event, seen, name, endpoint, base, base_dir, files)
+            elif isinstance(event, Defaults):
+                base = {**base, **event.values}
             else:
                 yield event
     except OSError as exc:
@@ -186,17 +186,26 @@ class _Tally:
 
     def count(self, built: Built) -> None:
         model = built.model
-        self.estimate.add(*output_basis(built.item.payload, self._local_size))
+        urls, images = model.image_urls, model.num_images
         self.items += 1
-        self.images += len(model.image_urls)
-        self.inline_images += sum(url.startswith("data:") for url in model.image_urls)
-        self.local_images += sum(url.startswith(LOCAL_PREFIX) for url in model.image_urls)
-        self.output_images += model.num_images
+        self.images += len(urls)
+        for url in urls:
+            if url.startswith("data:"):
+                self.inline_images += 1
+            elif url.startswith(LOCAL_PREFIX):
+                self.local_images += 1
+        self.output_images += images
         size = image_size_pixels(model.image_size)
-        if size is None:
-            self.unknown_size += 1
-        else:
-            self.pixels += model.num_images * size[0] * size[1]
+        if size is not None:
+            pixels = images * size[0] * size[1]
+            self.pixels += pixels
+            self.estimate.add(images, pixels)  # what output_basis gives for a set image_size
+            return
+        self.unknown_size += 1
+        if urls[0].startswith(("data:", LOCAL_PREFIX)):  # the output takes this input's size
+            self.estimate.add(*output_basis(built.item.payload, self._local_size))
+        else:  # a remote input: its size is unknown until it is fetched
+            self.estimate.add(images, None)
 
 
 class ManifestCheck:
