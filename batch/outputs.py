@@ -1,10 +1,11 @@
 """Output files: safe names, verified downloads, atomic writes, integrity checks.
 
-A file reaches its final name only whole: it is streamed to `.tmp-<random>-<name>` beside the
-destination while being hashed, fsynced, decoded with Pillow and checked against what the result
-said (width, height, content type), then renamed over the final name and the folder fsynced
-(DESIGN invariant 1). Any failure removes the temporary file; `cleanup_temp_files` removes the
-ones a killed process left behind.
+A file reaches its final name only whole: it is downloaded and hashed, decoded with Pillow and
+checked against what the result said (width, height, content type), then written through
+`batch.durable` (temporary name, made durable, renamed; DESIGN invariant 1). Files downloaded at
+the same time are published as a batch, in a thread: one durability flush and one folder fsync
+for all of them (`Publisher`). Any failure removes the temporary file; `cleanup_temp_files`
+removes the ones a killed process left behind.
 
 Errors are one type, `DownloadError`, with `transient` saying whether trying again may help
 (connection errors, timeouts, truncated bodies, 408/429/5xx) or not (other 4xx, corrupt or
@@ -20,22 +21,26 @@ import binascii
 import hashlib
 import io
 import os
-import secrets
 import string
 import unicodedata
 import urllib.parse
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 from PIL import Image
 
-from batch.crashpoints import crashpoint
+from batch.durable import (
+    TEMP_PREFIX,
+    fsync_dir,
+    sync_files,
+    temp_path,
+    write_unsynced,
+)
 
-TEMP_PREFIX = ".tmp-"
 IMAGES_DIR = "images"
 DEFAULT_TEMPLATE = "{key}-{index}.{ext}"
 # Fields a job's template may use (`validate_template`); `safe_name` takes any it is given.
@@ -92,7 +97,10 @@ class DownloadedFile:
 
     def to_record(self, index: int, output_dir: Path) -> OutputRecord:
         """The ledger's record, with the path made relative to `output_dir`."""
-        rel = self.path.resolve().relative_to(output_dir.resolve())
+        try:
+            rel = self.path.relative_to(output_dir)  # as the pipeline names it: no disk access
+        except ValueError:
+            rel = self.path.resolve().relative_to(output_dir.resolve())
         return OutputRecord(
             index=index,
             path=rel.as_posix(),
@@ -236,42 +244,6 @@ def output_path(output_dir: Path, rel: str) -> Path:
 # --- atomic files ------------------------------------------------------------------------------
 
 
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it survives a crash (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def temp_path(dest: Path) -> Path:
-    return dest.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}-{dest.name}"
-
-
-@contextmanager
-def atomic_writer(dest: Path, *, newline: str | None = "") -> Iterator[IO[str]]:
-    """Write a text file atomically: temp file, fsync, rename, fsync the folder.
-
-    On any error the temporary file is removed and `dest` is left as it was.
-    """
-    tmp = temp_path(dest)
-    try:
-        with open(tmp, "w", encoding="utf-8", newline=newline) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(dest.parent)
-
-
 def cleanup_temp_files(output_dir: Path) -> int:
     """Remove temporary files a killed run left in `<output>/images/` (any depth) and in
     `<output>/` itself; return how many were removed."""
@@ -407,29 +379,42 @@ _Job = tuple[bytes, Path, Path, tuple[int | None, int | None, str | None]]
 
 
 def _store_batch(jobs: list[_Job]) -> list[tuple[str, int, int] | BaseException]:
-    """Publish many files at once (runs in a thread): each is verified, written to its temp
-    name and fsynced, then renamed; each folder is fsynced once at the end (group commit).
-    Returns per file its (content type, width, height), or the exception that stopped it."""
+    """Publish many files at once (runs in a thread), as a group commit: each is verified and
+    written to its temp name; then all are made durable together (`sync_files`), renamed, and
+    each folder fsynced once. Returns per file its (content type, width, height), or the
+    exception that stopped it."""
     results: list[tuple[str, int, int] | BaseException] = []
-    folders: set[Path] = set()
-    for data, tmp, dest, expect in jobs:
-        try:
-            actual = _check_image(data)
-            _check_expected(actual, *expect)
-            dest.parent.mkdir(parents=True, exist_ok=True)
+    written: list[tuple[int, Path, Path]] = []
+    try:
+        for data, tmp, dest, expect in jobs:
             try:
-                _write_all(tmp, data)
+                actual = _check_image(data)
+                _check_expected(actual, *expect)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                write_unsynced(tmp, data)
+            except Exception as exc:
+                results.append(exc)
+                continue
+            written.append((len(results), tmp, dest))
+            results.append(actual)
+        failed = sync_files([tmp for _, tmp, _ in written])
+        folders: set[Path] = set()
+        for index, tmp, dest in written:
+            try:
+                if tmp in failed:
+                    raise failed[tmp]
                 os.replace(tmp, dest)
-            except BaseException:
+            except Exception as exc:
                 tmp.unlink(missing_ok=True)
-                raise
-        except Exception as exc:
-            results.append(exc)
-            continue
-        folders.add(dest.parent)
-        results.append(actual)
-    for folder in folders:
-        fsync_dir(folder)
+                results[index] = exc
+                continue
+            folders.add(dest.parent)
+        written.clear()
+        for folder in folders:
+            fsync_dir(folder)
+    finally:
+        for _, tmp, _ in written:  # left by an exception that is not an Exception
+            tmp.unlink(missing_ok=True)
     return results
 
 
@@ -473,15 +458,6 @@ class Publisher:
                     future.set_exception(result)
                 else:
                     future.set_result(result)
-
-
-def _write_all(tmp: Path, data: bytes) -> None:
-    with open(tmp, "wb") as fh:
-        fh.write(data[: len(data) // 2])
-        crashpoint("download")  # a half-written temp file, for crash tests
-        fh.write(data[len(data) // 2 :])
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 async def _fetch(session: aiohttp.ClientSession, url: str, timeout: float, max_bytes: int) -> bytes:

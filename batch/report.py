@@ -1,11 +1,12 @@
 """The HTML contact sheet: ``<output>/report.html``, derived from the ledger (invariant 4).
 
 One self-contained page that works offline: every item's input and output thumbnails side by
-side (files under ``thumbs/``, see `batch.thumbnails`; never a full image inlined, never a
-remote image fetched), its prompt, seed, state, latency, error or NSFW flag, and links to the
-full images. Summary counts, a latency histogram (inline SVG), filters (all, completed,
-failed, flagged, unfinished), a search on prompt or id, and client-side pagination — the items
-are embedded as JSON, so 10,000 items stay one light page.
+side (files under ``thumbs/``, or an output itself when it is no bigger than a thumbnail; see
+`batch.thumbnails`; never a full image inlined, never a remote image fetched), its prompt,
+seed, state, latency, error or NSFW flag, and links to the full images. Summary counts, a
+latency histogram (inline SVG), filters (all, completed, failed, flagged, unfinished), a search
+on prompt or id, and client-side pagination — the items are embedded as JSON, so 10,000 items
+stay one light page.
 
 The ledger is read through its own connection, in one snapshot, streaming: a few hundred rows
 (with their request JSON) at a time; the page keeps a compact record per item. The file is
@@ -26,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batch.outputs import atomic_writer
+from batch.durable import atomic_writer
 from batch.pricing import PriceSpec, usd
 from batch.report_page import histogram_svg, render_page
 from batch.thumbnails import Media, Thumbnailer, local_inputs
@@ -43,7 +44,7 @@ ERROR_CHARS = 600
 _SQL = """
     SELECT i.key, i.source, i.state, i.attempts, i.request, i.error_kind, i.error_message,
            i.seed, i.nsfw, i.timings, i.submitted_at, i.completed_at, i.possible_duplicate,
-           o.path, o.width, o.height
+           o.path, o.width, o.height, o.bytes
     FROM items AS i LEFT JOIN outputs AS o ON o.item_key = i.key
     ORDER BY i.key, o.idx
 """
@@ -161,7 +162,7 @@ def _item(members: Sequence[Sequence[Any]], thumbs: Thumbnailer, report: Report)
     (key, source, state, attempts, request, error_kind, error_message, seed, nsfw, timings,
      submitted_at, completed_at, duplicate) = members[0][:13]  # fmt: skip
     payload = _loads(request)
-    outputs = [m[13:16] for m in members if m[13] is not None]
+    outputs = [m[13:17] for m in members if m[13] is not None]
     flagged = any(_loads(nsfw) or [])
     latency = _latency(state, submitted_at, completed_at, _loads(timings))
     report.items += 1
@@ -171,7 +172,7 @@ def _item(members: Sequence[Sequence[Any]], thumbs: Thumbnailer, report: Report)
         report.latencies.append(latency)
     if state == "completed":
         report.output_images += len(outputs)
-        report.output_pixels += sum((w or 0) * (h or 0) for _, w, h in outputs)
+        report.output_pixels += sum((w or 0) * (h or 0) for _, w, h, _ in outputs)
     prompt = payload.get("prompt") if isinstance(payload, dict) else None
     record: dict[str, Any] = {
         "k": key,
@@ -190,7 +191,7 @@ def _item(members: Sequence[Sequence[Any]], thumbs: Thumbnailer, report: Report)
     return _Item(
         record,
         [thumbs.input(url) for url in _input_urls(payload)],
-        [thumbs.output(path) for path, _, _ in outputs],
+        [thumbs.output(path, w, h, size) for path, w, h, size in outputs],
     )
 
 

@@ -1,10 +1,12 @@
 """Thumbnails for the report: small JPEGs under ``<output>/thumbs/``, made once.
 
-The report never inlines or hotlinks a full image: every picture on the page is a thumbnail
-file beside it (at most `THUMB_PX` on a side), so the page stays light and works offline.
+The report never inlines or hotlinks a full image: every picture on the page is a file beside
+it of at most `THUMB_PX` on a side, so the page stays light and works offline.
 
 - an output image ``images/a_0.png`` gets ``thumbs/images/a_0.png.jpg``, made again only when
-  the image is newer than its thumbnail;
+  the image is newer than its thumbnail; an output already that small (by the ledger's record:
+  at most `THUMB_PX` on a side and `SMALL_BYTES`, in a format browsers show) is its own
+  thumbnail, as a thumbnail of it would be no smaller;
 - a local input file (``local:sha256:<hex>`` in the request, found through the ledger's
   ``local_files``) gets ``thumbs/inputs/<sha256>.jpg``, named by content, so made once;
 - a ``data:`` URI input gets ``thumbs/inputs/d-<sha256 of the URI>.jpg``;
@@ -30,14 +32,17 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from batch.durable import TEMP_PREFIX
 from batch.localfiles import local_sha
-from batch.outputs import TEMP_PREFIX, output_path
+from batch.outputs import output_path
 
 THUMBS_DIR = "thumbs"
 THUMB_PX = 256
 THUMB_QUALITY = 80
 THREADS = 4
 MAX_INLINE_BYTES = 64 * 1024 * 1024
+SMALL_BYTES = 128 * 1024  # an output this light and small is shown as it is
+_SHOWN_AS_IS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,14 +89,23 @@ class Thumbnailer:
         self.failed = 0
         self._jobs: dict[Path, _Job] = {}
 
-    def output(self, rel_path: str) -> Media:
-        """An output image, by its path relative to the output folder."""
+    def output(
+        self,
+        rel_path: str,
+        width: int | None = None,
+        height: int | None = None,
+        size: int | None = None,
+    ) -> Media:
+        """An output image, by its path relative to the output folder, with its recorded
+        width, height and size in bytes (None when unknown)."""
         try:
             source = output_path(self.output_dir, rel_path)
         except ValueError:
             return Media(None, None, "unsafe path")
         if not source.is_file():
             return Media(None, None, "missing")
+        if _small(rel_path, width, height, size):
+            return Media(url_of(rel_path), url_of(rel_path), "output")
         thumb = f"{THUMBS_DIR}/{rel_path}.jpg"
         self._add(_Job(self.output_dir / thumb, source=source, follow_mtime=True))
         return Media(url_of(thumb), url_of(rel_path), "output")
@@ -151,6 +165,16 @@ class Thumbnailer:
         self.made += len(jobs) - len(failed)
         self.failed += len(failed)
         return failed
+
+
+def _small(rel_path: str, width: int | None, height: int | None, size: int | None) -> bool:
+    if width is None or height is None or size is None:
+        return False
+    return (
+        max(width, height) <= THUMB_PX
+        and size <= SMALL_BYTES
+        and rel_path.lower().endswith(_SHOWN_AS_IS)
+    )
 
 
 def _unchanged(known: LocalInput) -> bool:

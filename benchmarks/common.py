@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import csv
 import io
 import json
 import os
@@ -46,6 +47,18 @@ def png_data_uri(
 def payload(index: int, image: str) -> dict[str, Any]:
     """The request of item `index`: a distinct prompt, one tiny input, a 32x32 output."""
     return {"prompt": f"bench item {index}", "image_urls": [image], "image_size": IMAGE_SIZE}
+
+
+def write_manifest(path: Path, n: int) -> Path:
+    """A CSV manifest of the requests `payload(0..n-1)` (the raw loops' requests exactly)."""
+    image = png_data_uri()
+    size = f"{IMAGE_SIZE['width']}x{IMAGE_SIZE['height']}"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "prompt", "image_urls", "image_size"])
+        for i in range(n):
+            writer.writerow([f"item{i}", payload(i, image)["prompt"], image, size])
+    return path
 
 
 def free_port() -> int:

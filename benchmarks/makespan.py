@@ -16,7 +16,6 @@ every 0.1 s (as fal's official Python client does) and one that polls every 1 s.
 from __future__ import annotations
 
 import asyncio
-import csv
 import heapq
 import tempfile
 from pathlib import Path
@@ -34,6 +33,7 @@ from common import (
     png_data_uri,
     print_table,
     write_json,
+    write_manifest,
 )
 
 from batch import JobSpec, run_job
@@ -101,13 +101,7 @@ async def fixed_poller(sim: SimProcess, n: int, interval: float, concurrency: in
 
 
 async def ours(sim: SimProcess, n: int, mode: str, concurrency: int, folder: Path) -> None:
-    manifest = folder / f"{mode}.csv"
-    image = png_data_uri()
-    with manifest.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "prompt", "image_urls", "image_size"])
-        for i in range(n):
-            writer.writerow([f"item{i}", payload(i, image)["prompt"], image, "32x32"])
+    manifest = write_manifest(folder / f"{mode}.csv", n)
     settings: dict[str, Any] = {
         "queue": sim.url,
         "concurrency": concurrency,

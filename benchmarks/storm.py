@@ -8,7 +8,6 @@ ideal / actual (target >= 0.9) and 429s received as a share of submits (target <
 from __future__ import annotations
 
 import asyncio
-import csv
 import tempfile
 import time
 from pathlib import Path
@@ -18,10 +17,9 @@ from common import (
     arguments,
     exit_on_sigterm,
     machine,
-    payload,
-    png_data_uri,
     print_table,
     write_json,
+    write_manifest,
 )
 
 from batch import JobSpec, run_job
@@ -33,13 +31,7 @@ CONCURRENCY = 100
 
 
 async def storm(sim: SimProcess, folder: Path, n: int) -> dict[str, float]:
-    manifest = folder / "storm.csv"
-    image = png_data_uri()
-    with manifest.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "prompt", "image_urls", "image_size"])
-        for i in range(n):
-            writer.writerow([f"item{i}", payload(i, image)["prompt"], image, "32x32"])
+    manifest = write_manifest(folder / "storm.csv", n)
     spec = JobSpec.for_manifest(
         manifest,
         queue=sim.url,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import cProfile
-import csv
 import pstats
 import tempfile
 import time
@@ -40,6 +39,7 @@ from common import (
     png_data_uri,
     print_table,
     write_json,
+    write_manifest,
 )
 
 from batch import JobSpec, run_job
@@ -85,20 +85,6 @@ async def floor_items(sim: SimProcess, n: int, concurrency: int) -> None:
                             raise RuntimeError(f"image download answered {resp.status}")
 
         await asyncio.gather(*(one(i) for i in range(n)))
-
-
-def write_manifest(path: Path, n: int) -> None:
-    """A CSV manifest of the same requests as the floor's."""
-    image = png_data_uri()
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "prompt", "image_urls", "image_size"])
-        for i in range(n):
-            item = payload(i, image)
-            size = item["image_size"]
-            writer.writerow(
-                [f"item{i}", item["prompt"], image, f"{size['width']}x{size['height']}"]
-            )
 
 
 async def pipeline_items(

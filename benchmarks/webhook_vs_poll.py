@@ -18,7 +18,6 @@ the run's exit code.
 from __future__ import annotations
 
 import asyncio
-import csv
 import tempfile
 import time
 from pathlib import Path
@@ -30,10 +29,9 @@ from common import (
     exit_on_sigterm,
     free_port,
     machine,
-    payload,
-    png_data_uri,
     print_table,
     write_json,
+    write_manifest,
 )
 
 from batch import JobSpec, run_job
@@ -41,19 +39,6 @@ from batch.fal import Credentials
 
 HIGH_RATE = 100_000.0
 SEED = 7
-
-
-def write_manifest(path: Path, n: int) -> None:
-    image = png_data_uri()
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "prompt", "image_urls", "image_size"])
-        for i in range(n):
-            item = payload(i, image)
-            size = item["image_size"]
-            writer.writerow(
-                [f"item{i}", item["prompt"], image, f"{size['width']}x{size['height']}"]
-            )
 
 
 def sim_options(lost: float, folder: Path) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import os
 import re
 import socket
 import unicodedata
@@ -17,6 +18,9 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
+import batch.durable as durable
+import batch.outputs as outputs_module
+from batch.durable import temp_path
 from batch.outputs import (
     DownloadError,
     OutputRecord,
@@ -437,3 +441,75 @@ def test_ext_for_content_types_and_urls() -> None:
     assert ext_for("image/jpeg; charset=binary") == "jpg"
     assert ext_for(None, "https://cdn/x/y.JPEG?sig=1") == "jpg"
     assert ext_for("application/octet-stream", "https://cdn/x/y") == "bin"
+
+
+def _publish_many(folder: Path, n: int) -> list[object]:
+    data = make_image("PNG", (16, 16))
+    jobs = [
+        (data, temp_path(folder / f"f{i}.png"), folder / f"f{i}.png", (16, 16, "image/png"))
+        for i in range(n)
+    ]
+    return outputs_module._store_batch(jobs)
+
+
+@pytest.mark.parametrize("syncfs", ["works", "fails", "absent"])
+def test_a_batch_of_files_is_made_durable_before_any_is_renamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: str
+) -> None:
+    """One syncfs for the whole folder where it works; else an fsync per file. Either way
+    no final name appears before its file is durable, and no temporary file is left."""
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fake_syncfs(fd: int) -> int:
+        events.append("syncfs")
+        return 0 if syncfs == "works" else -1
+
+    def fsync(fd: int) -> None:
+        events.append("fsync")
+        real_fsync(fd)
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(durable, "_SYNCFS", None if syncfs == "absent" else fake_syncfs)
+    monkeypatch.setattr(durable.os, "fsync", fsync)
+    monkeypatch.setattr(outputs_module.os, "replace", replace)
+    folder = tmp_path / "images"
+    folder.mkdir()
+
+    results = _publish_many(folder, 5)
+
+    assert results == [("image/png", 16, 16)] * 5
+    assert sorted(p.name for p in folder.iterdir()) == [f"f{i}.png" for i in range(5)]
+    renames = events.index("rename")
+    syncs = events[:renames]
+    expected = ["syncfs"] if syncfs == "works" else ["fsync"] * 5
+    if syncfs == "fails":
+        expected = ["syncfs", *expected]
+    assert syncs == expected
+    assert events[renames:] == ["rename"] * 5 + ["fsync"]  # then the folder, once
+
+
+def test_a_file_that_cannot_be_made_durable_is_not_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fsync error fails that file (no final name, no temp file); the others publish."""
+    real_fsync = os.fsync
+    calls = iter(range(100))
+
+    def fsync(fd: int) -> None:
+        if next(calls) == 1:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(durable, "_SYNCFS", None)
+    monkeypatch.setattr(durable.os, "fsync", fsync)
+    folder = tmp_path / "images"
+    folder.mkdir()
+
+    results = _publish_many(folder, 3)
+
+    assert isinstance(results[1], OSError) and results[0] == results[2] == ("image/png", 16, 16)
+    assert sorted(p.name for p in folder.iterdir()) == ["f0.png", "f2.png"]

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -35,6 +35,7 @@ from batch.ledger.models import (
     redact,
 )
 from batch.ledger.plan import LOOKUP, Hasher, chunked, plan_items
+from batch.ledger.tx import transaction
 from batch.ledger.uploads import UploadCache
 from batch.outputs import OutputRecord, output_path
 
@@ -131,17 +132,15 @@ class Ledger:
         with self._lock:
             return applied_migrations(self._conn)
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._conn, self._lock)
+
+    def group(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One transaction for many changes: the transitions called inside it are part of it
+        and are committed (or rolled back) together at its end. A transition that raises a
+        `LedgerError` or `ValueError` has written nothing (its checks come before its writes,
+        and its UPDATE matched no row), so the group may go on without it."""
+        return transaction(self._conn, self._lock)
 
     # --- planning --------------------------------------------------------------------------
 

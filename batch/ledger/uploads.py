@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from batch.ledger.tx import transaction
 from batch.localfiles import LocalFile
 
 _FILE_COLUMNS = "sha256, path, size, mtime_ns, ctime_ns, content_type, width, height"
@@ -44,17 +45,8 @@ class UploadCache:
         self._lock = lock
         self._clock = clock
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._conn, self._lock)
 
     # --- local files ---------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """One item's way through fal: submit (or re-attach), wait, result, download, complete.
 
-Every ledger write is a synchronous, short transaction made right where the fact becomes known:
-the request id is committed before anything else is awaited after a submit returns (invariant 2),
-and an item becomes `completed` only after all its files are on disk (invariant 1). A function
+Every ledger write is made right where the fact becomes known, and the item does nothing else
+until it is committed: the intent before a submit is sent, the request id before anything else
+is awaited after a submit returns (invariant 2), and `completed` only after all its files are on
+disk (invariant 1). The frequent three are group-committed with the other items' of the same
+turn of the event loop (`batch.ledger.group`); the rare ones are a transaction each. A function
 here returns the time at which the item wants another turn, or None when it is finished.
 """
 
@@ -33,6 +35,7 @@ from batch.fal import (
     TransientError,
 )
 from batch.ledger import InvalidTransitionError, ItemRow, Ledger
+from batch.ledger.group import GroupCommit
 from batch.outputs import DownloadError, OutputRecord, Publisher, download_image, safe_name
 from batch.pipeline.admission import Admission
 from batch.pipeline.budget import Budget
@@ -69,6 +72,11 @@ class ItemContext:
     uploads: Uploader | None = None  # local images → URLs before each submit
     detach: bool = False  # run --detach: submit only; a webhook receiver collects the results
     budget: Budget | None = None  # budget.max_usd: may this item still be paid for?
+
+    writes: GroupCommit = field(init=False)  # the ledger's group commit (submits, completions)
+
+    def __post_init__(self) -> None:
+        self.writes = GroupCommit(self.ledger)
 
     def progress_tick(self) -> None:
         self.on_change()
@@ -162,7 +170,8 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> RequestHandle:
     if row.submit_started_at is not None:
         # An earlier run sent this submit and died before recording the answer.
         _note_ambiguous(ctx, row)
-    ctx.ledger.mark_submitting(row.key)  # the intent, committed before the request leaves
+    # The intent, committed before the request leaves.
+    await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key))
     ctx.stats.submits += 1
     try:
         handle = await ctx.client.submit(
@@ -191,12 +200,14 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> RequestHandle:
     except PermanentError as exc:
         _fail(ctx, row, exc.kind, str(exc))
     crashpoint("submit")
-    ctx.ledger.mark_submitted(
-        row.key,
-        handle.request_id,
-        handle.status_url,
-        handle.response_url,
-        handle.cancel_url,
+    await ctx.writes.write(
+        lambda: ctx.ledger.mark_submitted(
+            row.key,
+            handle.request_id,
+            handle.status_url,
+            handle.response_url,
+            handle.cancel_url,
+        )
     )
     ctx.admission.on_accepted()
     return handle
@@ -270,12 +281,14 @@ async def _collect(ctx: ItemContext, row: ItemRow, output: EditOutput) -> None:
     records: list[OutputRecord] = []
     for index, image in enumerate(output.images):
         records.append(await _download(ctx, row, index, image, output.seed))
-    ctx.ledger.mark_completed(
-        row.key,
-        records,
-        seed=output.seed,
-        timings=dict(output.timings),
-        nsfw=list(output.has_nsfw_concepts),
+    await ctx.writes.write(
+        lambda: ctx.ledger.mark_completed(
+            row.key,
+            records,
+            seed=output.seed,
+            timings=dict(output.timings),
+            nsfw=list(output.has_nsfw_concepts),
+        )
     )
     ctx.stats.completed += 1
 

@@ -130,3 +130,37 @@ def test_report_command_without_a_ledger_exits_2_and_has_help(tmp_path):
     assert result.exit_code == 2 and "no ledger yet" in result.output
     for command in ("report", "status"):
         assert "Example: firered-batch" in cli.invoke(main, [command, "--help"]).output
+
+
+def test_an_output_no_bigger_than_a_thumbnail_is_shown_as_it_is(tmp_path):
+    """At most 256 px a side, light and browser-shown: the image is its own thumbnail (none is
+    made). One pixel wider, too heavy, or in a format browsers do not show: a thumbnail."""
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    shapes = {
+        "small": ((256, 200), "png", None),
+        "wide": ((257, 200), "png", None),
+        "heavy": ((256, 200), "png", 200_000),
+        "tiff": ((64, 64), "tiff", None),
+    }
+    with Ledger.open(out) as ledger:
+        ledger.plan([_Item(key, {"prompt": key, "image_urls": [REMOTE]}) for key in shapes])
+        for key, ((w, h), fmt, claimed) in shapes.items():
+            path = out / "images" / f"{key}_0.{fmt}"
+            Image.new("RGB", (w, h), (10, 20, 30)).save(path)
+            size = claimed if claimed is not None else path.stat().st_size
+            record = OutputRecord(0, f"images/{path.name}", "u", size, "0" * 64, w, h, "image/x")
+            ledger.mark_submitted(key, f"r-{key}", None, None, None)
+            ledger.mark_completed(key, [record], seed=1, timings=None, nsfw=None)
+
+    report = write_report(out, title="t")
+
+    records = _records(report.path)
+    assert records["small"]["o"] == [["images/small_0.png", "images/small_0.png", "output"]]
+    for key in ("wide", "heavy", "tiff"):
+        [[thumb, href, _]] = records[key]["o"]
+        assert thumb.startswith("thumbs/images/") and href.startswith(f"images/{key}_0.")
+        with Image.open(out / thumb) as img:
+            assert img.format == "JPEG" and max(img.size) <= 256
+    assert report.thumbs_made == 3
+    assert not (out / "thumbs" / "images" / "small_0.png.jpg").exists()

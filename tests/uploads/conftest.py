@@ -14,9 +14,6 @@ from PIL import Image
 from support import TEST_KEY
 
 from batch.fal import Credentials, StorageClient
-from batch.job import JobSpec
-from batch.pipeline.policy import RetryPolicy
-from batch.pipeline.run import RunSummary, run_job
 from batch.sim import Simulator
 
 
@@ -75,44 +72,3 @@ async def start_storage() -> AsyncIterator[StartStorage]:
             return sim, storage
 
         yield start
-
-
-FAST = RetryPolicy(attempts=6, backoff_min=0.001, backoff_max=0.01, retry_after_max=0.05)
-
-
-class Runner:
-    """A simulator serving both the queue and storage, and jobs run against it."""
-
-    def __init__(self, tmp: Path, stack: AsyncExitStack) -> None:
-        self.tmp = tmp
-        self.stack = stack
-        self.sim: Simulator | None = None
-
-    async def start(self, **config: Any) -> Simulator:
-        config.setdefault("latency", "fixed:0.01")
-        config.setdefault("capacity", 8)
-        self.sim = await self.stack.enter_async_context(Simulator(key=TEST_KEY, **config))
-        return self.sim
-
-    def spec(self, manifest: Path, **overrides: Any) -> JobSpec:
-        assert self.sim is not None
-        settings: dict[str, Any] = {
-            "queue": self.sim.url,
-            "rest_url": self.sim.url,
-            "concurrency": 8,
-            "rate": 1000,
-            "output": self.tmp / "out",
-        }
-        settings.update(overrides)
-        return JobSpec.for_manifest(manifest, **settings)
-
-    async def run(self, spec: JobSpec, **kwargs: Any) -> RunSummary:
-        kwargs.setdefault("policy", FAST)
-        kwargs.setdefault("credentials", Credentials(TEST_KEY))
-        return await run_job(spec, **kwargs)
-
-
-@pytest.fixture
-async def runner(tmp_path: Path) -> AsyncIterator[Runner]:
-    async with AsyncExitStack() as stack:
-        yield Runner(tmp_path, stack)

@@ -1,0 +1,126 @@
+"""Files that reach their final name only whole and durable.
+
+A file is written to a temporary name beside its destination (`temp_path`: `.tmp-<tag>-<name>`),
+made durable (fsync, or for a batch of files `sync_files`), renamed over the destination, and the
+folder fsynced, so a crash leaves either the old file or the new one, never a part (DESIGN
+invariant 1). Temporary files a killed process left behind start with `TEMP_PREFIX`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO
+
+from batch.crashpoints import crashpoint
+
+TEMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it survives a crash (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_path(dest: Path) -> Path:
+    """A fresh temporary name beside `dest`: this process's random tag and a counter (one
+    random draw per process, not a system call per file)."""
+    return dest.parent / f"{TEMP_PREFIX}{_TEMP_TAG}{next(_temp_counter):06x}-{dest.name}"
+
+
+_TEMP_TAG = secrets.token_hex(5)
+_temp_counter = itertools.count()
+
+
+@contextmanager
+def atomic_writer(dest: Path, *, newline: str | None = "") -> Iterator[IO[str]]:
+    """Write a text file atomically: temp file, fsync, rename, fsync the folder.
+
+    On any error the temporary file is removed and `dest` is left as it was.
+    """
+    tmp = temp_path(dest)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline=newline) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dest.parent)
+
+
+def write_unsynced(tmp: Path, data: bytes) -> None:
+    """Write `data` to a new file `tmp`, not yet made durable (`sync_files` does that)."""
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            crashpoint("download")  # a half-written temp file, for crash tests
+            fh.write(data[len(data) // 2 :])
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def sync_files(paths: list[Path]) -> dict[Path, OSError]:
+    """Make written files durable; those that could not be, with why.
+
+    On Linux one `syncfs` per folder flushes them all at once: an fsync per file costs a
+    journal commit each (0.1-0.5 ms of CPU per file on ext4), more than all else a small image
+    costs. Elsewhere, or where `syncfs` fails, each file is fsynced.
+    """
+    synced = {folder for folder in {p.parent for p in paths} if _syncfs(folder)}
+    failed: dict[Path, OSError] = {}
+    for path in paths:
+        if path.parent in synced:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            failed[path] = exc
+    return failed
+
+
+def _syncfs(folder: Path) -> bool:
+    """syncfs(2) on the file system holding `folder`; False where unavailable or failing."""
+    if _SYNCFS is None:
+        return False
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return bool(_SYNCFS(fd) == 0)
+    finally:
+        os.close(fd)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    except OSError:
+        return None
+
+
+_SYNCFS = _load_syncfs()
