@@ -12,6 +12,7 @@ from test_ledger import items
 import batch.ledger.group as group_module
 from batch.ledger import InvalidTransitionError, Ledger
 from batch.ledger.group import GroupCommit
+from batch.pipeline.webhook_wait import WebhookWaits
 
 
 def _states(out: Path) -> dict[str, tuple[str, str | None]]:
@@ -101,7 +102,7 @@ async def test_a_database_error_commits_nothing_of_the_group(ledger, tmp_path):
 async def test_a_cancelled_caller_still_has_its_transition_committed(ledger, tmp_path):
     """A request id handed over is recorded even if the item's task is cancelled meanwhile
     (a second Ctrl-C): the next run re-attaches to it instead of submitting again."""
-    group = GroupCommit(ledger, window=0.001)
+    group = GroupCommit(ledger, window=30.0)  # only the flush commits in this test
     task = asyncio.create_task(
         group.write(lambda: ledger.mark_submitted("k0003", "r3", None, None, None))
     )
@@ -109,7 +110,23 @@ async def test_a_cancelled_caller_still_has_its_transition_committed(ledger, tmp
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    while group.commits == 0:  # the group's commit, a millisecond later
-        await asyncio.sleep(0.001)
+    assert _states(tmp_path)["k0003"] == ("pending", None)
+
+    group.flush()  # what the runner does before it closes the ledger
 
     assert _states(tmp_path)["k0003"] == ("submitted", "r3")
+
+
+async def test_a_webhook_for_a_request_id_not_yet_committed_is_accepted(ledger):
+    """fal may post a result before the run has committed the request id it just got: the
+    receiver commits the queued transitions and finds it, instead of refusing the delivery."""
+    group = GroupCommit(ledger, window=30.0)
+    waits = WebhookWaits(ledger, group, safety_net=5.0)
+    queued = asyncio.create_task(
+        group.write(lambda: ledger.mark_submitted("k0004", "r-early", None, None, None))
+    )
+    await asyncio.sleep(0)  # queued, not committed
+
+    assert waits.accepts("r-early")
+    await queued  # committed by the receiver's flush
+    assert not waits.accepts("r-unknown")

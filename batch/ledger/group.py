@@ -54,6 +54,12 @@ class GroupCommit:
         # it recorded (say, a request id) is committed all the same.
         await asyncio.shield(done)
 
+    def flush(self) -> None:
+        """Commit what is queued now (before the ledger closes: a write whose caller was
+        cancelled, say by a second Ctrl-C, is still committed)."""
+        if self._queued:
+            self._commit()
+
     def _commit(self) -> None:
         if self._timer is not None:
             self._timer.cancel()

@@ -62,6 +62,7 @@ class ItemContext:
     output_dir: Path
     filename_template: str
     downloads: asyncio.Semaphore
+    writes: GroupCommit  # the ledger's group commit (intents, submits, completions)
     publisher: Publisher = field(default_factory=Publisher)
     priority: str | None = None
     start_timeout: float | None = None
@@ -72,11 +73,6 @@ class ItemContext:
     uploads: Uploader | None = None  # local images → URLs before each submit
     detach: bool = False  # run --detach: submit only; a webhook receiver collects the results
     budget: Budget | None = None  # budget.max_usd: may this item still be paid for?
-
-    writes: GroupCommit = field(init=False)  # the ledger's group commit (submits, completions)
-
-    def __post_init__(self) -> None:
-        self.writes = GroupCommit(self.ledger)
 
     def progress_tick(self) -> None:
         self.on_change()
@@ -165,6 +161,8 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> RequestHandle:
     await ctx.admission.before_submit()
     if ctx.draining():
         raise Later(time.monotonic())  # stopping: nothing new is sent; the next run does it
+    if ctx.budget is not None:
+        ctx.writes.flush()  # the budget reads the ledger: every intent so far in it
     if ctx.budget is not None and not ctx.budget.admit(row):
         raise Later(time.monotonic())  # over budget: the budget stopped the run; left pending
     if row.submit_started_at is not None:

@@ -11,9 +11,8 @@ import contextlib
 import logging
 import secrets
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from batch.fal import AuthError, Credentials, QueueClient, credentials_from_env
 from batch.job import JobSpec
 from batch.ledger import Ledger
+from batch.ledger.group import GroupCommit
 from batch.lock import run_lock
 from batch.outputs import cleanup_temp_files, validate_template
 from batch.pipeline.admission import Admission
@@ -202,9 +202,10 @@ async def _execute(
         backoff_max=spec.retries.backoff_max,
     )
     receive = spec.wait == "webhook" and not detach
+    writes = GroupCommit(ledger)
     async with (
         _queue(spec, credentials) as client,
-        webhook_waits(spec, client, ledger, enabled=receive, stats=stats.webhooks) as hooks,
+        webhook_waits(spec, client, ledger, writes, enabled=receive, stats=stats.webhooks) as hooks,
     ):
         waiter = Waiter(
             client,
@@ -225,6 +226,7 @@ async def _execute(
             output_dir=spec.output,
             filename_template=spec.filename,
             downloads=asyncio.Semaphore(DOWNLOAD_CONCURRENCY),
+            writes=writes,
             priority=spec.priority,
             start_timeout=spec.start_timeout,
             deadline=spec.deadline,
@@ -239,22 +241,10 @@ async def _execute(
         try:
             await dispatcher.run()
         finally:
+            writes.flush()  # what cancelled items handed over (request ids) is kept
             await uploads.aclose()
         if dispatcher.fatal is not None:
             raise dispatcher.fatal
-
-
-@contextlib.contextmanager
-def _responsive_gil(interval: float = 0.0005) -> Iterator[None]:
-    """Shorten the GIL switch interval while the run's threads (file writes, image checks)
-    work beside the event loop: otherwise every socket call of the loop may wait up to 5 ms
-    to get the GIL back, which halves throughput."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(min(previous, interval))
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
 
 
 @contextlib.asynccontextmanager

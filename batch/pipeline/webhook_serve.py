@@ -28,6 +28,7 @@ from batch.fal import AuthError, Credentials, QueueClient, RequestHandle, creden
 from batch.fal.webhooks import JwksCache, WebhookDelivery, WebhookReceiver
 from batch.job import JobError, JobSpec
 from batch.ledger import LEDGER_FILE, ItemRow, Ledger
+from batch.ledger.group import GroupCommit
 from batch.pipeline.admission import Admission
 from batch.pipeline.events import RunStats
 from batch.pipeline.item import ItemContext, finish_item
@@ -179,6 +180,7 @@ class WebhookService:
                 output_dir=self.spec.output,
                 filename_template=self.spec.filename,
                 downloads=asyncio.Semaphore(DOWNLOAD_CONCURRENCY),
+                writes=GroupCommit(self.ledger),
             )
             self.collector = Collector(self.ctx)
             self.receiver = WebhookReceiver(
@@ -197,6 +199,7 @@ class WebhookService:
     async def _close(self) -> None:
         await self.receiver.stop()
         await self.collector.drain()
+        self.ctx.writes.flush()
         self.ledger.export(self.spec.output)
         self._counts = self.ledger.counts()  # the ledger closes next
 

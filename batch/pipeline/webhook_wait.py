@@ -27,6 +27,7 @@ from batch.fal import Completed, QueueClient, RequestHandle
 from batch.fal.webhooks import JwksCache, WebhookDelivery, WebhookReceiver
 from batch.job import JobError, JobSpec
 from batch.ledger import Ledger
+from batch.ledger.group import GroupCommit
 from batch.pipeline.waiting import ServiceTimes
 
 log = logging.getLogger("batch.run")
@@ -71,9 +72,15 @@ class WebhookWaits:
     """
 
     def __init__(
-        self, ledger: Ledger, *, safety_net: float, stats: Counter[str] | None = None
+        self,
+        ledger: Ledger,
+        writes: GroupCommit,
+        *,
+        safety_net: float,
+        stats: Counter[str] | None = None,
     ) -> None:
         self.ledger = ledger
+        self.writes = writes
         self.safety_net = safety_net
         self.arrivals = Arrivals()
         self.stats: Counter[str] = Counter() if stats is None else stats
@@ -98,7 +105,12 @@ class WebhookWaits:
     # --- the receiver's side ----------------------------------------------------------------
 
     def accepts(self, request_id: str) -> bool:
-        """Whether the request belongs to this job (any item's current request)."""
+        """Whether the request belongs to this job (any item's current request). A webhook
+        may come before its request id, just answered, is committed: the run's queued
+        transitions are committed first, then the ledger asked again."""
+        if self.ledger.find_request(request_id) is not None:
+            return True
+        self.writes.flush()
         return self.ledger.find_request(request_id) is not None
 
     async def on_delivery(self, delivery: WebhookDelivery) -> bool:
@@ -203,6 +215,7 @@ async def webhook_waits(
     spec: JobSpec,
     client: QueueClient,
     ledger: Ledger,
+    writes: GroupCommit,
     *,
     enabled: bool,
     stats: Counter[str] | None = None,
@@ -214,7 +227,7 @@ async def webhook_waits(
     if not enabled:
         yield None
         return
-    waits = WebhookWaits(ledger, safety_net=spec.webhook.safety_net, stats=stats)
+    waits = WebhookWaits(ledger, writes, safety_net=spec.webhook.safety_net, stats=stats)
     jwks_url = f"{client.base_url}/.well-known/jwks.json" if spec.local else spec.webhook.jwks_url
     receiver = WebhookReceiver(
         JwksCache.from_url(client.session, jwks_url),
