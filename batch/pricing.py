@@ -78,7 +78,9 @@ def usd(value: float) -> str:
     return f"${value:.6f}".rstrip("0")
 
 
-def _preset_pixels(size: Any) -> tuple[int, int] | None:
+def size_pixels(size: Any) -> tuple[int, int] | None:
+    """(width, height) of an ``image_size`` as a payload has it — a preset's name or
+    ``{width, height}`` —, or None (not set: the output takes the first input's size)."""
     if isinstance(size, str):
         try:
             return PRESET_PIXELS[ImageSizePreset(size)]
@@ -134,7 +136,7 @@ def output_basis(
     """(output images, output pixels or None when unknown) that one request will produce."""
     count = payload.get("num_images", 1)
     images = count if isinstance(count, int) and count > 0 else 1
-    size = _preset_pixels(payload.get("image_size"))
+    size = size_pixels(payload.get("image_size"))
     if size is None and payload.get("image_size") is None:
         urls = payload.get("image_urls")
         if isinstance(urls, list) and urls and isinstance(urls[0], str):
@@ -153,13 +155,14 @@ class Estimate:
     pixels: int = 0  # of the items whose output size is known
     unknown_items: int = 0  # items whose output size is unknown (not in `pixels`)
 
-    def add(self, images: int, pixels: int | None) -> None:
-        self.requests += 1
-        self.output_images += images
+    def add(self, images: int, pixels: int | None, times: int = 1) -> None:
+        """Count `times` requests of `images` output images and `pixels` pixels each."""
+        self.requests += times
+        self.output_images += images * times
         if pixels is None:
-            self.unknown_items += 1
+            self.unknown_items += times
         else:
-            self.pixels += pixels
+            self.pixels += pixels * times
 
     @property
     def megapixels(self) -> float:

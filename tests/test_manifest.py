@@ -305,7 +305,7 @@ def test_same_id_different_request_is_an_error(in_tmp: Path) -> None:
 
 def test_seen_keys_finds_duplicates_across_growth() -> None:
     seen = SeenKeys(capacity=8)
-    digests = {i: hashlib.sha256(str(i).encode()).digest() for i in range(5000)}
+    digests = {i: hashlib.sha256(str(i).encode()).hexdigest() for i in range(5000)}
     for i in range(5000):
         assert seen.add(f"k{i}", digests[i], i + 1) is None
     assert len(seen) == 5000

@@ -5,7 +5,8 @@ A plan is all or nothing: every chunk is written inside one transaction, so an e
 from the ledger, or from the items themselves (`batch.manifest.ManifestCheck` raises when the
 manifest turns out invalid at its end) — rolls it all back.
 
-Items are read in chunks of `CHUNK`; the work per chunk is a few batched statements, never a
+Items are read in chunks of `CHUNK`, each item turned into the row it is stored as when it is
+read (then only strings are held); the work per chunk is a few batched statements, never a
 query per item:
 
 - into an empty ledger (a first run), insert the chunk as it is while the keys come in
@@ -45,7 +46,7 @@ from batch.ledger.models import (
 )
 
 Hasher = Callable[[str, Mapping[str, Any]], str]
-Row = tuple[str, str, str, str, str]  # a new item: key, source, endpoint, request, request_hash
+Row = tuple[str, str, str, str, str]  # an item: key, source, endpoint, request, request_hash
 T = TypeVar("T")
 
 CHUNK = 5000  # items per batch of statements
@@ -87,15 +88,6 @@ def chunked(iterable: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 @dataclass
-class _Prepared:
-    key: str
-    source: str
-    endpoint: str
-    request: str
-    hash: str
-
-
-@dataclass
 class _Planner:
     conn: sqlite3.Connection
     hasher: Hasher | None
@@ -113,31 +105,35 @@ class _Planner:
     )
     conflicts: list[Conflict] = field(default_factory=list)
 
-    def canonical(self, item: ItemLike) -> tuple[str, str]:
-        """(canonical payload JSON, request hash) of an item; those it carries, if any."""
+    def row(self, item: ItemLike) -> Row:
+        """What the ledger stores of an item: key, source, endpoint, canonical payload JSON and
+        request hash (those the item carries, if any)."""
         request: str | None = getattr(item, "request_json", None)
         known: str | None = getattr(item, "request_hash", None) if request else None
         if not request:
             request = canonical_json(item.payload)
         if self.hasher is not None:
-            return request, self.hasher(item.endpoint, item.payload)
-        return request, known or hash_canonical(item.endpoint, request)
+            known = self.hasher(item.endpoint, item.payload)
+        elif not known:
+            known = hash_canonical(item.endpoint, request)
+        return (item.key, item.source, item.endpoint, request, known)
 
-    def process(self, items: list[ItemLike]) -> None:
+    def chunks(self, items: Iterable[ItemLike], size: int) -> Iterator[list[Row]]:
+        """The items as rows, `size` at a time. An item is dropped as soon as its row is made:
+        only strings are held, which the garbage collector stops tracking at once."""
+        it, row = iter(items), self.row
+        while rows := [row(item) for item in itertools.islice(it, size)]:
+            yield rows
+
+    def process(self, rows: list[Row]) -> None:
         if self.fresh:
-            self._insert_fresh(items)
+            self._insert_fresh(rows)
         else:
-            self._reconcile(self.prepare(items))
+            self._reconcile(rows)
 
-    def _insert_fresh(self, items: list[ItemLike]) -> None:
+    def _insert_fresh(self, rows: list[Row]) -> None:
         """Into an empty ledger: every item is new, inserted now while the keys ascend (then
         none can be a duplicate), else staged, to be inserted at the end (`finish`)."""
-        canonical = self.canonical
-        rows = [
-            (item.key, item.source, item.endpoint, request, digest)
-            for item in items
-            for request, digest in (canonical(item),)
-        ]
         keys = [row[0] for row in rows]
         if self.last_key is not None and self.last_key < keys[0] and _ascending(keys):
             self.last_key = keys[-1]
@@ -148,15 +144,14 @@ class _Planner:
             self.last_key = None
             self.staged += _insert_rows(self.conn, rows, _stage_sql, [])
 
-    def prepare(self, items: list[ItemLike]) -> list[_Prepared]:
-        """Hash the chunk, dropping keys already seen in this chunk or an earlier one."""
-        unique: dict[str, _Prepared] = {}
-        for item in items:
-            if item.key in unique:
+    def prepare(self, rows: list[Row]) -> list[Row]:
+        """The chunk without keys already seen in this chunk or an earlier one."""
+        unique: dict[str, Row] = {}
+        for row in rows:
+            if row[0] in unique:
                 self.counts["dupes"] += 1
-                continue
-            request, digest = self.canonical(item)
-            unique[item.key] = _Prepared(item.key, item.source, item.endpoint, request, digest)
+            else:
+                unique[row[0]] = row
         for keys in chunked(list(unique), LOOKUP):
             marks = ",".join("?" * len(keys))
             sql = f"SELECT key FROM temp.plan_seen WHERE key IN ({marks})"
@@ -175,37 +170,42 @@ class _Planner:
                 found[key] = (state, old_hash, source)
         return found
 
-    def _reconcile(self, prepared: list[_Prepared]) -> None:
-        known = self.existing([p.key for p in prepared])
+    def _reconcile(self, rows: list[Row]) -> None:
+        prepared = self.prepare(rows)
+        known = self.existing([row[0] for row in prepared])
         new: list[Row] = []
-        redo: list[_Prepared] = []
+        redo: list[Row] = []
         moved: list[tuple[str, str]] = []
-        for p in prepared:
-            old = known.get(p.key)
+        for row in prepared:
+            key, source, _, _, digest = row
+            old = known.get(key)
             if old is None:
-                new.append((p.key, p.source, p.endpoint, p.request, p.hash))
-            elif old[1] != p.hash:
+                new.append(row)
+            elif old[1] != digest:
                 self.counts["changed"] += 1
                 if self.redo_changed:
-                    redo.append(p)
+                    redo.append(row)
                 elif len(self.conflicts) < self.conflict_limit:
-                    self.conflicts.append(Conflict(p.key, p.source, old[2]))
+                    self.conflicts.append(Conflict(key, source, old[2]))
             else:
                 self.counts[old[0]] += 1
-                if old[2] != p.source:
-                    moved.append((p.source, p.key))
+                if old[2] != source:
+                    moved.append((source, key))
         self.counts["total"] += len(prepared)
         self.counts["new"] += len(new)
         self.conn.executemany(
-            "INSERT INTO temp.plan_seen (key) VALUES (?)", [(p.key,) for p in prepared]
+            "INSERT INTO temp.plan_seen (key) VALUES (?)", [(row[0],) for row in prepared]
         )
         _insert_rows(self.conn, new, _new_items_sql, [self.now, self.run_id])
         self.conn.executemany("UPDATE items SET source = ? WHERE key = ?", moved)
         self.conn.executemany(
             _REDO,
-            [(p.source, p.endpoint, p.request, p.hash, self.now, self.run_id, p.key) for p in redo],
+            [
+                (source, endpoint, request, digest, self.now, self.run_id, key)
+                for key, source, endpoint, request, digest in redo
+            ],
         )
-        self.conn.executemany("DELETE FROM outputs WHERE item_key = ?", [(p.key,) for p in redo])
+        self.conn.executemany("DELETE FROM outputs WHERE item_key = ?", [(r[0],) for r in redo])
 
     def finish(self) -> int:
         """Mark which items this manifest lists; return how many it no longer lists."""
@@ -302,8 +302,8 @@ def plan_items(
                 conn.execute(_STAGE_TABLE)
             else:
                 conn.execute("CREATE TEMP TABLE plan_seen (key TEXT PRIMARY KEY)")
-            for chunk in chunked(items, chunk_size):
-                planner.process(chunk)
+            for rows in planner.chunks(items, chunk_size):
+                planner.process(rows)
             missing = planner.finish()
             conn.execute("COMMIT")
         except BaseException:

@@ -12,6 +12,9 @@ row's own fields (later wins), validated by `batch.schema.EditInput`.
 - `ManifestCheck` does both in one pass: the items stream while every row is checked, and
   `ManifestError` comes at the end (planning a run writes the items in one transaction).
 
+Most valid rows go from their fields to their payload and its canonical JSON by a shortcut that
+gives what the model gives, in a fraction of the time (`batch.manifest.payload`).
+
 An item's key is its ``id`` if given, else ``h`` + 20 hex digits of `request_hash`. Identical
 rows collapse into one item with a warning; two different requests with the same ``id`` are an
 error.

@@ -38,8 +38,10 @@ _SCHEME_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*:")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # Entries that _classify certainly calls a URL (no spaces around, no control characters): the
 # common case, in one match. `_HTTP_RE`, spelled for speed: no IGNORECASE, and "a host, then
-# maybe [/?#] and more" is "one character that is not [/?#], then more".
-_PLAIN_URL_RE = re.compile(r"[hH][tT][tT][pP][sS]?://[^\s/?#\x00-\x1f\x7f][^\s\x00-\x1f\x7f]*")
+# maybe [/?#] and more" is "one character that is not [/?#], then more". Control characters
+# are left to str.isprintable (false for them and for every space but " ", which \S excludes;
+# also for a few characters _classify takes, such entries merely take the long way).
+_PLAIN_URL_RE = re.compile(r"[hH][tT][tT][pP][sS]?://[^\s/?#]\S*")
 _SIZE_RE = re.compile(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*")
 _PRESETS = tuple(p.value for p in ImageSizePreset)
 _SIZE_HINT = (
@@ -119,9 +121,12 @@ def validate_id(value: object) -> str:
     Ids name output files, so: non-empty, at most 128 characters, no ``/``, ``\\`` or NUL,
     not ``.`` or ``..``. Integers (YAML ``id: 42``) are accepted as their decimal string.
     """
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    if type(value) is str:
+        text = value
+    elif isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError("Input should be a valid string")
-    text = str(value)
+    else:
+        text = str(value)
     if not text:
         raise ValueError("must not be empty")
     if len(text) > ID_MAX_LENGTH:
@@ -156,8 +161,6 @@ def normalize_image_size(value: Any) -> tuple[Any, list[FieldProblem]]:
 
 
 def _apply_aliases(fields: dict[str, Any], problems: list[FieldProblem]) -> None:
-    if "image_url" not in fields and "images" not in fields:
-        return
     present = [k for k in (IMAGE_FIELD, *IMAGE_ALIASES) if k in fields]
     for alias in present[1:]:
         problems.append(((alias,), f"conflicts with {present[0]}"))
@@ -173,7 +176,7 @@ def _resolve_images(
     refs: list[Any], base_dir: Path, files: LocalFiles | None, problems: list[FieldProblem]
 ) -> list[Any]:
     for ref in refs:
-        if not (isinstance(ref, str) and _PLAIN_URL_RE.fullmatch(ref)):
+        if not (isinstance(ref, str) and ref.isprintable() and _PLAIN_URL_RE.fullmatch(ref)):
             break
     else:
         return refs  # URLs only, the common case: what resolve_image_ref gives for each
@@ -210,7 +213,8 @@ def normalize_in_place(
 ) -> list[FieldProblem]:
     """`normalize_fields` on a dict of the caller's, changed in place; returns the problems."""
     problems: list[FieldProblem] = []
-    _apply_aliases(fields, problems)
+    if "image_url" in fields or "images" in fields:
+        _apply_aliases(fields, problems)
     images = fields.get(IMAGE_FIELD)
     if isinstance(images, list):
         fields[IMAGE_FIELD] = _resolve_images(images, base_dir, files, problems)

@@ -22,15 +22,14 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from batch.localfiles import LocalFiles
 from batch.manifest.errors import Problem
 from batch.manifest.fields import FIELDS, IMAGE_ALIASES, IMAGE_FIELD
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
     """One item as written in the file, before defaults and validation."""
 
     line: int
@@ -76,29 +75,22 @@ def _lines(fh: BinaryIO) -> Iterator[str]:
 
 def _images_cell(text: str) -> list[str]:
     if "|" not in text:
-        return [text.strip()]
+        return [text]
     return [part.strip() for part in text.split("|")]
 
 
 def _size_cell(text: str) -> Any:
-    value = text.strip()
-    if value.startswith("{"):
+    if text.startswith("{"):
         try:
-            return json.loads(value)
+            return json.loads(text)
         except json.JSONDecodeError:
-            return value  # reported as a bad image_size
-    return value
-
-
-def _verbatim(text: str) -> str:
+            return text  # reported as a bad image_size
     return text
 
 
-_CELLS: dict[str, Callable[[str], Any]] = {
-    IMAGE_FIELD: _images_cell,
-    "image_size": _size_cell,
-    **dict.fromkeys(VERBATIM, _verbatim),
-}
+# Cells that are not merely trimmed: converted from the trimmed text.
+_CELLS: dict[str, Callable[[str], Any]] = {IMAGE_FIELD: _images_cell, "image_size": _size_cell}
+_SPECIAL = VERBATIM | _CELLS.keys()
 
 
 def _plan_columns(
@@ -135,7 +127,8 @@ def read_csv(path: Path, ctx: ReadContext) -> Iterator[Event]:
     with path.open("rb") as fh:
         reader = csv.reader(_lines(fh), strict=True)
         columns: list[str | None] | None = None
-        special: list[tuple[int, str, Callable[[str], Any]]] = []  # cells not merely trimmed
+        # Cells that are not merely trimmed: kept as they are (VERBATIM), or converted (_CELLS).
+        special: list[tuple[int, str, Callable[[str], Any] | None]] = []
         while True:
             start = reader.line_num + 1
             try:
@@ -157,7 +150,7 @@ def read_csv(path: Path, ctx: ReadContext) -> Iterator[Event]:
                 yield from problems
                 if any(p.kind == "fatal" for p in problems):
                     return
-                special = [(i, c, _CELLS[c]) for i, c in enumerate(columns) if c in _CELLS]
+                special = [(i, c, _CELLS.get(c)) for i, c in enumerate(columns) if c in _SPECIAL]
                 continue
             if len(cells) > len(columns):
                 why = f"row has {len(cells)} cells, the header has {len(columns)}"
@@ -167,7 +160,7 @@ def read_csv(path: Path, ctx: ReadContext) -> Iterator[Event]:
             data = {c: text for c, text in zip(columns, trimmed) if c and text}  # noqa: B905
             for index, column, convert in special:
                 if column in data:
-                    data[column] = convert(cells[index])
+                    data[column] = cells[index] if convert is None else convert(data[column])
             yield Row(start, data)
 
 

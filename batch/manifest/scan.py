@@ -18,13 +18,14 @@ from typing import Any
 from batch.localfiles import LOCAL_PREFIX, ImageLimits, LocalFiles
 from batch.manifest.errors import ManifestError, Messages, Problem, display_path, format_loc
 from batch.manifest.fields import check_fields
-from batch.manifest.items import Built, EditItem, SeenKeys, build_item
+from batch.manifest.items import EditItem, SeenKeys, build_item
 from batch.manifest.readers import Defaults, Event, ReadContext, Row, read_csv, read_jsonl
 from batch.manifest.yaml_reader import read_yaml
-from batch.pricing import Estimate, output_basis
-from batch.schema import DEFAULT_ENDPOINT, image_size_pixels
+from batch.pricing import Estimate, output_basis, size_pixels
+from batch.schema import DEFAULT_ENDPOINT
 
 PathLike = str | os.PathLike[str]
+_LOCAL_OR_INLINE = ("data:", LOCAL_PREFIX)
 Reader = Callable[[Path, ReadContext], Iterator[Event]]
 
 READERS: dict[str, Reader] = {
@@ -100,7 +101,7 @@ class _Duplicate:
     warning: Problem
 
 
-_Outcome = Built | Problem | list[Problem] | _Duplicate
+_Outcome = EditItem | Problem | list[Problem] | _Duplicate
 
 
 def _events(
@@ -120,8 +121,22 @@ def _events(
     seen = SeenKeys()
     try:
         for event in reader(path, ReadContext(base_dir, base, files)):
-            if isinstance(event, Row):
-                yield _row(event, seen, name, endpoint, base, base_dir, files)
+            if isinstance(event, Row):  # the common case, inline: this runs once per row
+                line = event.line
+                built = build_item(
+                    event.data,
+                    defaults=base,
+                    endpoint=endpoint,
+                    base_dir=base_dir,
+                    source=f"{name}:{line}",
+                    files=files,
+                )
+                if isinstance(built, list):
+                    yield [Problem(line, loc, why) for loc, why in built]
+                elif (first := seen.add(built.key, built.request_hash, line)) is None:
+                    yield built
+                else:
+                    yield _duplicate(built, line, first, name)
             elif isinstance(event, Defaults):
                 base = {**base, **event.values}
             else:
@@ -130,35 +145,14 @@ def _events(
         yield Problem(None, (), f"cannot read ({exc.strerror})", "fatal")
 
 
-def _row(
-    row: Row,
-    seen: SeenKeys,
-    name: str,
-    endpoint: str,
-    defaults: Mapping[str, Any],
-    base_dir: Path,
-    files: LocalFiles,
-) -> _Outcome:
-    source = f"{name}:{row.line}"
-    built = build_item(
-        row.data,
-        defaults=defaults,
-        endpoint=endpoint,
-        base_dir=base_dir,
-        source=source,
-        files=files,
-    )
-    if isinstance(built, list):
-        return [Problem(row.line, loc, why) for loc, why in built]
-    first = seen.add(built.item.key, built.digest, row.line)
-    if first is None:
-        return built
+def _duplicate(item: EditItem, line: int, first: tuple[bool, int], name: str) -> _Outcome:
+    """A row whose key came before: the same request (skipped), or an error."""
     same, first_line = first
     if same:
         why = f"duplicate of {name}:{first_line} (skipped)"
-        return _Duplicate(Problem(row.line, (), why, "warning"))
-    why = f"duplicate id {built.item.key!r} (first at {name}:{first_line}) with a different request"
-    return [Problem(row.line, ("id",), why)]
+        return _Duplicate(Problem(line, (), why, "warning"))
+    why = f"duplicate id {item.key!r} (first at {name}:{first_line}) with a different request"
+    return [Problem(line, ("id",), why)]
 
 
 @dataclass
@@ -184,26 +178,29 @@ class _Tally:
             return None
         return None if found is None else (found.width, found.height)
 
-    def count(self, built: Built) -> None:
-        model = built.model
-        urls, images = model.image_urls, model.num_images
+    def count(self, payload: Mapping[str, Any]) -> None:
+        """Count a valid item by its payload (`EditInput` validated and dumped)."""
+        urls: list[str] = payload["image_urls"]
+        images: int = payload.get("num_images", 1)
         self.items += 1
         self.images += len(urls)
         for url in urls:
-            if url.startswith("data:"):
-                self.inline_images += 1
-            elif url.startswith(LOCAL_PREFIX):
-                self.local_images += 1
+            if url.startswith(_LOCAL_OR_INLINE):
+                if url.startswith("data:"):
+                    self.inline_images += 1
+                else:
+                    self.local_images += 1
         self.output_images += images
-        size = image_size_pixels(model.image_size)
+        setting = payload.get("image_size")
+        size = None if setting is None else size_pixels(setting)
         if size is not None:
             pixels = images * size[0] * size[1]
             self.pixels += pixels
             self.estimate.add(images, pixels)  # what output_basis gives for a set image_size
             return
         self.unknown_size += 1
-        if urls[0].startswith(("data:", LOCAL_PREFIX)):  # the output takes this input's size
-            self.estimate.add(*output_basis(built.item.payload, self._local_size))
+        if urls[0].startswith(_LOCAL_OR_INLINE):  # the output takes this input's size
+            self.estimate.add(*output_basis(payload, self._local_size))
         else:  # a remote input: its size is unknown until it is fetched
             self.estimate.add(images, None)
 
@@ -252,10 +249,10 @@ class ManifestCheck:
         fatal = failed = False
         events = _events(self.path, name, self.endpoint, self.defaults, self.files)
         for event in events:
-            if isinstance(event, Built):
-                tally.count(event)
+            if isinstance(event, EditItem):
+                tally.count(event.payload)
                 if not failed or self.skip_invalid:
-                    yield event.item
+                    yield event
             elif isinstance(event, list):
                 tally.invalid_rows += 1
                 failed = True
@@ -340,8 +337,8 @@ def iter_items(
     name = display_path(manifest)
     files = files if files is not None else LocalFiles(ImageLimits())
     for event in _events(manifest, name, endpoint, defaults, files):
-        if isinstance(event, Built):
-            yield event.item
+        if isinstance(event, EditItem):
+            yield event
         elif isinstance(event, Problem) and event.kind == "fatal":
             raise ManifestError([event.format(name)])
 

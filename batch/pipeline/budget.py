@@ -140,9 +140,51 @@ class Budget:
             conn.close()
 
 
+# The pending items of the manifest (those `Ledger.iter_work` yields as pending), grouped by
+# what `output_basis` reads of their request: ``num_images`` and ``image_size`` (as a JSON
+# array), and the first input when the output takes its size (no ``image_size``) and it is an
+# inline or local image — a remote input's size is unknown, whatever its URL.
+_WORK_BASIS = """
+    SELECT json_extract(request, '$.num_images', '$.image_size'),
+        CASE WHEN json_extract(request, '$.image_size') IS NULL
+            AND (json_extract(request, '$.image_urls[0]') GLOB 'data:*'
+                 OR json_extract(request, '$.image_urls[0]') GLOB 'local:*')
+        THEN json_extract(request, '$.image_urls[0]') END,
+        count(*)
+    FROM items WHERE state = 'pending' AND in_manifest = 1
+    GROUP BY 1, 2
+"""
+
+
 def work_estimate(ledger: Ledger) -> Estimate:
     """Requests a run would send now: the pending items of the manifest (submitted ones are
-    already at fal and are re-attached, not sent again)."""
+    already at fal and are re-attached, not sent again).
+
+    One aggregate query (SQLite's JSON functions read the requests; a million items take
+    seconds, not the minute that decoding each row in Python takes), then `output_basis` once
+    per distinct basis. Without SQLite's JSON functions: `work_estimate_by_rows`.
+    """
+    sizes = {f.sha256: (f.width, f.height) for f in ledger.uploads.known_files().values()}
+    conn = sqlite3.connect(ledger.path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        groups = conn.execute(_WORK_BASIS).fetchall()
+    except sqlite3.OperationalError as exc:
+        if not str(exc).startswith("no such function: json"):  # SQLite without JSON1
+            raise
+        return work_estimate_by_rows(ledger)
+    finally:
+        conn.close()
+    estimate = Estimate()
+    for basis, first, count in groups:
+        images, size = json.loads(basis)
+        payload = {"num_images": images, "image_size": size, "image_urls": [first]}
+        estimate.add(*output_basis(payload, sizes.get), times=count)
+    return estimate
+
+
+def work_estimate_by_rows(ledger: Ledger) -> Estimate:
+    """`work_estimate`, one row at a time in Python: each request decoded."""
     sizes = {f.sha256: (f.width, f.height) for f in ledger.uploads.known_files().values()}
     estimate = Estimate()
     for row in ledger.iter_work():
