@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -41,3 +42,14 @@ def item_rows(n: int, **fields: Any) -> list[dict[str, Any]]:
         {"id": f"item{i:03d}", "prompt": f"edit number {i}", "image_urls": [png_uri()], **fields}
         for i in range(n)
     ]
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """What `Ledger.plan` takes (`ItemLike`): a key, the payload and where it came from."""
+
+    key: str
+    payload: dict[str, Any]
+    source: str = "m.csv:2"
+    endpoint: str = ENDPOINT
+    user_id: str | None = None

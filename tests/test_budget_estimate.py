@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import png_uri
+from support import PlanItem, png_uri
 
 from batch.ledger import Ledger
 from batch.localfiles import LOCAL_PREFIX, LocalFile
@@ -23,40 +22,34 @@ SHA = "ab" * 32  # a local file the ledger knows: 800×500
 UNKNOWN_SHA = "cd" * 32  # a local reference the ledger does not know
 
 
-@dataclass(frozen=True)
-class Item:
-    key: str
-    payload: dict[str, Any]
-    source: str = "m.csv:2"
-    endpoint: str = ENDPOINT
-
-
 def _payload(i: int, **fields: Any) -> dict[str, Any]:
     return {"prompt": f"p{i}", "image_urls": [f"https://x.test/{i}.png"], **fields}
 
 
 ITEMS = [
-    Item("preset", _payload(0, image_size="square_hd", num_images=2)),  # 2 × 1024²
-    Item("preset-b", _payload(1, image_size="square_hd", num_images=2)),  # same basis
-    Item("mapping", _payload(2, image_size={"width": 500, "height": 400})),  # 1 × 0.2 MP
-    Item("remote", _payload(3, num_images=3)),  # 3 images, size unknown
-    Item("remote-b", _payload(4)),  # 1 image, size unknown
-    Item("inline", _payload(5, image_urls=[png_uri(40, 25), "https://x.test/b.png"])),
-    Item("local", _payload(6, image_urls=[LOCAL_PREFIX + SHA], num_images=4)),
-    Item("local-unknown", _payload(7, image_urls=[LOCAL_PREFIX + UNKNOWN_SHA])),
-    Item("local-then-remote", _payload(8, image_urls=["https://x.test/a.png", LOCAL_PREFIX + SHA])),
-    Item("sized-local", _payload(9, image_urls=[LOCAL_PREFIX + SHA], image_size="square")),
-    Item("null-size", _payload(10, image_urls=[LOCAL_PREFIX + SHA], image_size=None)),
-    Item("odd-count", _payload(11, num_images=0, image_size="square")),  # counted as 1 image
-    Item("bad-size", _payload(12, image_size="huge")),  # not a known size: unknown
-    Item(
+    PlanItem("preset", _payload(0, image_size="square_hd", num_images=2)),  # 2 × 1024²
+    PlanItem("preset-b", _payload(1, image_size="square_hd", num_images=2)),  # same basis
+    PlanItem("mapping", _payload(2, image_size={"width": 500, "height": 400})),  # 1 × 0.2 MP
+    PlanItem("remote", _payload(3, num_images=3)),  # 3 images, size unknown
+    PlanItem("remote-b", _payload(4)),  # 1 image, size unknown
+    PlanItem("inline", _payload(5, image_urls=[png_uri(40, 25), "https://x.test/b.png"])),
+    PlanItem("local", _payload(6, image_urls=[LOCAL_PREFIX + SHA], num_images=4)),
+    PlanItem("local-unknown", _payload(7, image_urls=[LOCAL_PREFIX + UNKNOWN_SHA])),
+    PlanItem(
+        "local-then-remote", _payload(8, image_urls=["https://x.test/a.png", LOCAL_PREFIX + SHA])
+    ),
+    PlanItem("sized-local", _payload(9, image_urls=[LOCAL_PREFIX + SHA], image_size="square")),
+    PlanItem("null-size", _payload(10, image_urls=[LOCAL_PREFIX + SHA], image_size=None)),
+    PlanItem("odd-count", _payload(11, num_images=0, image_size="square")),  # counted as 1 image
+    PlanItem("bad-size", _payload(12, image_size="huge")),  # not a known size: unknown
+    PlanItem(
         "unicode", _payload(13, prompt='把这张照片变成水墨画风格 \u2028 "q"', image_size="square")
     ),
     # states and listings that are not sent by a run:
-    Item("submitted", _payload(20, image_size="square_hd")),
-    Item("completed", _payload(21, image_size="square_hd")),
-    Item("failed", _payload(22, image_size="square_hd")),
-    Item("gone", _payload(23, image_size="square_hd")),  # no longer in the manifest
+    PlanItem("submitted", _payload(20, image_size="square_hd")),
+    PlanItem("completed", _payload(21, image_size="square_hd")),
+    PlanItem("failed", _payload(22, image_size="square_hd")),
+    PlanItem("gone", _payload(23, image_size="square_hd")),  # no longer in the manifest
 ]
 
 

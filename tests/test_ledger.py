@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import PlanItem
 
 import batch.ledger.export as export_mod
 from batch.ledger import (
@@ -30,15 +31,6 @@ ENDPOINT = "fal-ai/firered-image-edit"
 SHIPPED = [name for name, _ in mig.MIGRATIONS]  # the migrations this version ships
 
 
-@dataclass(frozen=True)
-class Item:
-    key: str
-    payload: dict[str, Any]
-    source: str = "m.csv:2"
-    endpoint: str = ENDPOINT
-    user_id: str | None = None
-
-
 @dataclass
 class Clock:
     now: float = 1_700_000_000.0
@@ -48,9 +40,9 @@ class Clock:
         return self.now
 
 
-def items(n: int, *, prompt: str = "make it blue", start: int = 0) -> list[Item]:
+def items(n: int, *, prompt: str = "make it blue", start: int = 0) -> list[PlanItem]:
     return [
-        Item(
+        PlanItem(
             f"k{i:04d}",
             {"prompt": f"{prompt} {i}", "image_urls": [f"https://x/{i}.png"]},
             f"m.csv:{i + 2}",
@@ -169,7 +161,7 @@ def test_wal_mode_and_busy_timeout(ledger: Ledger) -> None:
 
 
 def test_plan_inserts_new_items_pending_with_canonical_request(ledger: Ledger) -> None:
-    item = Item("a", {"prompt": "café", "image_urls": ["u"], "seed": 3}, "jobs/m.yaml:7")
+    item = PlanItem("a", {"prompt": "café", "image_urls": ["u"], "seed": 3}, "jobs/m.yaml:7")
     result = ledger.plan([item])
     assert (result.total, result.new, result.to_do) == (1, 1, 1)
     row = ledger.get("a")
@@ -208,7 +200,7 @@ def test_changed_request_is_a_conflict_and_the_item_is_left_alone(ledger: Ledger
     ledger.plan(items(3))
     submit(ledger, "k0001")
     changed = [*items(1), *items(2, prompt="make it red", start=1)]
-    changed[2] = Item(changed[2].key, changed[2].payload, "m2.csv:9")
+    changed[2] = PlanItem(changed[2].key, changed[2].payload, "m2.csv:9")
     result = ledger.plan(changed)
     assert result.changed == 2
     assert {(c.key, c.source, c.previous_source) for c in result.conflicts} == {
@@ -269,7 +261,7 @@ def test_duplicate_keys_count_once_even_across_chunks(ledger: Ledger) -> None:
 
 def test_plan_updates_the_source_of_a_moved_row(ledger: Ledger) -> None:
     ledger.plan(items(1))
-    moved = Item("k0000", items(1)[0].payload, "m.csv:40")
+    moved = PlanItem("k0000", items(1)[0].payload, "m.csv:40")
     result = ledger.plan([moved])
     assert (result.pending, result.changed) == (1, 0)
     row = ledger.get("k0000")
@@ -293,9 +285,9 @@ def test_plan_with_a_caller_hasher_uses_it(ledger: Ledger) -> None:
 def test_plan_of_100k_items_runs_in_bounded_memory(tmp_path: Path) -> None:
     """Peak Python memory stays far below what holding every item or row would take."""
 
-    def stream(n: int) -> Iterator[Item]:
+    def stream(n: int) -> Iterator[PlanItem]:
         for i in range(n):
-            yield Item(f"item-{i:07d}", {"prompt": f"p{i}", "image_urls": ["u"]}, f"m:{i}")
+            yield PlanItem(f"item-{i:07d}", {"prompt": f"p{i}", "image_urls": ["u"]}, f"m:{i}")
 
     with Ledger.open(tmp_path) as led:
         tracemalloc.start()
@@ -572,9 +564,9 @@ def test_runs_record_settings_without_secrets_and_the_outcome(ledger: Ledger) ->
 def _populate(ledger: Ledger) -> None:
     ledger.plan(
         [
-            Item("a", {"prompt": 'zwei, "drei"\nvier', "image_urls": ["u"]}, "m.csv:2"),
-            Item("b", {"prompt": "bleu", "image_urls": ["u"]}, "m.csv:3"),
-            Item("c", {"image_urls": ["u"]}, "m.csv:4"),
+            PlanItem("a", {"prompt": 'zwei, "drei"\nvier', "image_urls": ["u"]}, "m.csv:2"),
+            PlanItem("b", {"prompt": "bleu", "image_urls": ["u"]}, "m.csv:3"),
+            PlanItem("c", {"image_urls": ["u"]}, "m.csv:4"),
         ]
     )
     ledger.mark_submitted("a", "req-a", None, None, None, possible_duplicate=True)
@@ -627,7 +619,7 @@ def test_export_failure_leaves_previous_files_and_no_temp(
     _populate(ledger)
     paths = ledger.export()
     before = (paths.csv.read_bytes(), paths.jsonl.read_bytes())
-    ledger.plan([Item("d", {"prompt": "new"}, "m.csv:5")])
+    ledger.plan([PlanItem("d", {"prompt": "new"}, "m.csv:5")])
 
     def broken(record: dict[str, Any]) -> dict[str, Any]:
         if record["key"] == "c":

@@ -4,12 +4,11 @@ invalid manifest plans nothing; items carry the request the ledger stores."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import write_csv
+from support import PlanItem, write_csv
 
 from batch.job import JobSpec
 from batch.ledger import Ledger, canonical_json
@@ -157,20 +156,12 @@ def test_a_first_plan_and_a_full_replan_agree(in_tmp: Path, with_ids: bool) -> N
 # --- Ledger.plan is one transaction ----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Item:
-    key: str
-    payload: dict[str, Any]
-    source: str = "m.csv:2"
-    endpoint: str = DEFAULT_ENDPOINT
-
-
-def items(n: int, start: int = 0, prompt: str = "p") -> Iterator[Item]:
+def items(n: int, start: int = 0, prompt: str = "p") -> Iterator[PlanItem]:
     for i in range(start, start + n):
-        yield Item(f"k{i:05d}", {"prompt": f"{prompt} {i}", "image_urls": ["u"]}, f"m:{i}")
+        yield PlanItem(f"k{i:05d}", {"prompt": f"{prompt} {i}", "image_urls": ["u"]}, f"m:{i}")
 
 
-def failing(n: int) -> Iterator[Item]:
+def failing(n: int) -> Iterator[PlanItem]:
     yield from items(n)
     raise RuntimeError("the manifest turned out invalid")
 
@@ -193,9 +184,9 @@ def test_keys_that_stop_ascending_are_staged_and_the_first_of_a_key_wins(tmp_pat
     with Ledger.open(tmp_path) as ledger:
         ascending = list(items(CHUNK + 5, start=100))  # k00100 … : two chunks, inserted at once
         later = [
-            Item("k00001", {"prompt": "late", "image_urls": ["u"]}),
+            PlanItem("k00001", {"prompt": "late", "image_urls": ["u"]}),
             *items(3, start=50),
-            Item("k00100", {"prompt": "repeated", "image_urls": ["u"]}),
+            PlanItem("k00100", {"prompt": "repeated", "image_urls": ["u"]}),
         ]
         result = ledger.plan([*ascending, *later])
         assert (result.total, result.new, result.duplicates) == (CHUNK + 9, CHUNK + 9, 1)
