@@ -12,16 +12,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import TEST_KEY, item_rows, write_csv
+from support import FAST, TEST_KEY, Runner
 
 from batch.fal import Credentials
 from batch.job import JobSpec
-from batch.pipeline.policy import RetryPolicy
-from batch.pipeline.run import RunSummary, run_job
 from batch.pipeline.webhook_serve import WebhookService
 from batch.sim import FaultPlan, FaultRule, Simulator
 
-FAST = RetryPolicy(attempts=6, backoff_min=0.001, backoff_max=0.01, retry_after_max=0.05)
 RETRY_SCALE = 0.001  # fal's ~2 h schedule in ~7 s: first retry after 10 ms
 
 
@@ -44,51 +41,28 @@ def _ledger_state(out: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...
     return items, outputs, files
 
 
-class Hooks:
+class Hooks(Runner):
     """Starts a simulator on demand; builds `wait: webhook` jobs, runs and receivers for it."""
 
     def __init__(self, tmp: Path, stack: AsyncExitStack) -> None:
-        self.tmp = tmp
-        self.stack = stack
-        self.sim: Simulator | None = None
+        super().__init__(tmp, stack)
         self.port = free_port()
         self.session: aiohttp.ClientSession | None = None
         self.policy = FAST
 
     async def start(self, **config: Any) -> Simulator:
-        config.setdefault("latency", "fixed:0.01")
-        config.setdefault("capacity", 8)
         config.setdefault("webhook_retry_scale", RETRY_SCALE)
-        self.sim = await self.stack.enter_async_context(Simulator(key=TEST_KEY, **config))
-        return self.sim
-
-    def manifest(self, n: int = 10, name: str = "m.csv", **fields: Any) -> Path:
-        path = self.tmp / name
-        write_csv(path, item_rows(n, **fields))
-        return path
+        return await super().start(**config)
 
     def spec(self, manifest: Path, *, safety_net: float = 5.0, **overrides: Any) -> JobSpec:
         assert self.sim is not None
-        settings: dict[str, Any] = {
-            "queue": self.sim.url,
-            "wait": "webhook",
-            "concurrency": 8,
-            "rate": 1000,
-            "output": self.tmp / "out",
-            "webhook": {
-                "public_url": f"http://127.0.0.1:{self.port}/hooks/fal",
-                "listen": f"127.0.0.1:{self.port}",
-                "jwks_url": self.sim.jwks_url,
-                "safety_net": safety_net,
-            },
+        webhook = {
+            "public_url": f"http://127.0.0.1:{self.port}/hooks/fal",
+            "listen": f"127.0.0.1:{self.port}",
+            "jwks_url": self.sim.jwks_url,
+            "safety_net": safety_net,
         }
-        settings.update(overrides)
-        return JobSpec.for_manifest(manifest, **settings)
-
-    async def run(self, spec: JobSpec, **kwargs: Any) -> RunSummary:
-        kwargs.setdefault("policy", FAST)
-        kwargs.setdefault("credentials", Credentials(TEST_KEY))
-        return await run_job(spec, **kwargs)
+        return super().spec(manifest, **{"wait": "webhook", "webhook": webhook, **overrides})
 
     async def service(self, spec: JobSpec, **options: Any) -> WebhookService:
         """`webhook serve` for `spec`, stopped at the end of the test."""
