@@ -163,8 +163,8 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> RequestHandle:
         raise Later(time.monotonic())  # stopping: nothing new is sent; the next run does it
     if ctx.budget is not None:
         ctx.writes.flush()  # the budget reads the ledger: every intent so far in it
-    if ctx.budget is not None and not ctx.budget.admit(row):
-        raise Later(time.monotonic())  # over budget: the budget stopped the run; left pending
+        if not ctx.budget.admit(row):
+            raise Later(time.monotonic())  # over budget: the budget stopped the run; left pending
     if row.submit_started_at is not None:
         # An earlier run sent this submit and died before recording the answer.
         _note_ambiguous(ctx, row)
