@@ -235,10 +235,16 @@ def ext_for(content_type: str | None, url: str = "") -> str:
 
 def output_path(output_dir: Path, rel: str) -> Path:
     """The absolute path of a ledger-relative path; ValueError if it would leave `output_dir`."""
-    parts = Path(rel).parts
-    if not rel or Path(rel).is_absolute() or ".." in parts or "\x00" in rel:
-        raise ValueError(f"unsafe output path {rel!r}")
+    check_output_path(rel)
     return output_dir / rel
+
+
+def check_output_path(rel: str) -> None:
+    """ValueError unless `rel` is a relative path that stays inside its folder: not empty, not
+    absolute, no `..` part (either slash separates), no NUL. String checks, not `Path` parsing:
+    this runs for every output the ledger records."""
+    if not rel or os.path.isabs(rel) or "\x00" in rel or ".." in rel.replace("\\", "/").split("/"):
+        raise ValueError(f"unsafe output path {rel!r}")
 
 
 # --- atomic files ------------------------------------------------------------------------------

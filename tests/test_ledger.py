@@ -194,6 +194,8 @@ def test_replan_counts_completed_resumed_failed_and_skips_nothing_twice(ledger: 
     assert result.resume == 3
     assert result.to_do == 4
     assert ledger.counts() == {"pending": 3, "submitted": 1, "completed": 1, "failed": 1}
+    states = [ledger.state(k) for k in ("k0000", "k0001", "k0002", "k0005", "nope")]
+    assert states == ["completed", "submitted", "failed", "pending", None]
 
 
 def test_changed_request_is_a_conflict_and_the_item_is_left_alone(ledger: Ledger) -> None:

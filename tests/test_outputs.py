@@ -24,10 +24,12 @@ from batch.durable import temp_path
 from batch.outputs import (
     DownloadError,
     OutputRecord,
+    check_output_path,
     cleanup_temp_files,
     describe_url,
     download_image,
     ext_for,
+    output_path,
     safe_name,
     validate_template,
     verify_outputs,
@@ -513,3 +515,20 @@ def test_a_file_that_cannot_be_made_durable_is_not_published(
 
     assert isinstance(results[1], OSError) and results[0] == results[2] == ("image/png", 16, 16)
     assert sorted(p.name for p in folder.iterdir()) == ["f0.png", "f2.png"]
+
+
+@pytest.mark.parametrize(
+    "rel",
+    ["", "/etc/passwd", "..", "../a.png", "images/../../a.png", "a\\..\\b.png", "nul\x00.png"],
+)
+def test_output_paths_that_could_leave_the_folder_are_refused(rel: str) -> None:
+    with pytest.raises(ValueError, match="unsafe output path"):
+        check_output_path(rel)
+    with pytest.raises(ValueError, match="unsafe output path"):
+        output_path(Path("/out"), rel)
+
+
+@pytest.mark.parametrize("rel", ["images/a.png", "a..b.png", ".hidden.png", "images/./a_0.png"])
+def test_output_paths_inside_the_folder_are_kept_as_they_are(rel: str) -> None:
+    check_output_path(rel)
+    assert output_path(Path("/out"), rel) == Path("/out") / rel

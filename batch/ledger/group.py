@@ -50,9 +50,9 @@ class GroupCommit:
             self._commit()
         elif self._timer is None:
             self._timer = loop.call_later(self.window, self._commit)
-        # Shielded: a cancelled caller does not take its transition out of the group; what
-        # it recorded (say, a request id) is committed all the same.
-        await asyncio.shield(done)
+        # A cancelled caller cancels `done` but does not take its transition out of the
+        # group: what it recorded (say, a request id) is committed all the same.
+        await done
 
     def flush(self) -> None:
         """Commit what is queued now (before the ledger closes: a write whose caller was

@@ -9,6 +9,7 @@ stored as "<redacted>" (DESIGN invariant 6).
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -37,7 +38,7 @@ from batch.ledger.models import (
 from batch.ledger.plan import LOOKUP, Hasher, chunked, plan_items
 from batch.ledger.tx import transaction
 from batch.ledger.uploads import UploadCache
-from batch.outputs import OutputRecord, output_path
+from batch.outputs import OutputRecord, check_output_path
 
 LEDGER_FILE = "ledger.sqlite"
 _COLS = ", ".join(ITEM_COLUMNS)
@@ -52,6 +53,16 @@ _WORK = (
 )
 _WORK_FIRST = f"{_WORK} ORDER BY key LIMIT ?"
 _WORK_NEXT = f"{_WORK} AND key > ? ORDER BY key LIMIT ?"
+
+
+@functools.cache
+def _update_sql(assignments: str, allowed: int) -> str:
+    """A transition's UPDATE (built once per kind: transitions run hundreds of times a second)."""
+    marks = ", ".join("?" * allowed)
+    return (
+        f"UPDATE items SET {assignments}, updated_at = ?, run_id = COALESCE(?, run_id)"
+        f" WHERE key = ? AND state IN ({marks})"
+    )
 
 
 class Ledger:
@@ -190,11 +201,7 @@ class Ledger:
         assignments: str,
         params: Sequence[Any] = (),
     ) -> None:
-        marks = ", ".join("?" * len(allowed))
-        sql = (
-            f"UPDATE items SET {assignments}, updated_at = ?, run_id = COALESCE(?, run_id)"
-            f" WHERE key = ? AND state IN ({marks})"
-        )
+        sql = _update_sql(assignments, len(allowed))
         cur = conn.execute(sql, (*params, self._clock(), self.run_id, key, *allowed))
         if cur.rowcount == 0:
             row = conn.execute("SELECT state FROM items WHERE key = ?", (key,)).fetchone()
@@ -247,7 +254,7 @@ class Ledger:
         if len(set(indexes)) != len(indexes):
             raise ValueError(f"duplicate output index for item {key!r}: {indexes}")
         for out in outputs:
-            output_path(Path("."), out.path)  # ValueError for absolute or `..` paths
+            check_output_path(out.path)  # ValueError for absolute or `..` paths
         rows = [
             (key, o.index, o.path, o.url, o.bytes, o.sha256, o.width, o.height, o.content_type)
             for o in outputs
@@ -398,6 +405,12 @@ class Ledger:
         with self._lock:
             row = self._conn.execute(f"SELECT {_COLS} FROM items WHERE key = ?", (key,)).fetchone()
         return None if row is None else ItemRow.from_row(row)
+
+    def state(self, key: str) -> ItemState | None:
+        """The item's state alone (what a finalizer checks before it downloads)."""
+        with self._lock:
+            row = self._conn.execute("SELECT state FROM items WHERE key = ?", (key,)).fetchone()
+        return None if row is None else ItemState(row[0])
 
     def find_request(self, request_id: str) -> ItemRow | None:
         """The item whose current request is `request_id` (what a webhook names), if any."""

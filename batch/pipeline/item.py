@@ -273,8 +273,7 @@ async def _fetch_result(
 
 
 async def _collect(ctx: ItemContext, row: ItemRow, output: EditOutput) -> None:
-    current = ctx.ledger.get(row.key)
-    if current is None or current.state != "submitted":
+    if ctx.ledger.state(row.key) != "submitted":
         raise Finished()  # finalized meanwhile by another finalizer (a webhook receiver)
     records: list[OutputRecord] = []
     for index, image in enumerate(output.images):
