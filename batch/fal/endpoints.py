@@ -8,6 +8,7 @@ re-attaching to a request id recorded earlier.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ class AppId:
         return f"{self.root}/{self.path}" if self.path else self.root
 
 
+@functools.lru_cache(maxsize=256)  # a run submits to a few endpoints, hundreds of times a second
 def parse_endpoint(endpoint_id: str) -> AppId:
     """Split an endpoint id like `fal-ai/flux/dev` or `workflows/acme/wf/run`."""
     cleaned = "/".join(p for p in endpoint_id.strip().strip("/").split("/") if p)

@@ -58,6 +58,10 @@ class Admission:
         await self._slots.acquire()
         self.in_flight += 1
 
+    def has_room(self) -> bool:
+        """True when `acquire_slot` would return at once."""
+        return not self._slots.locked()
+
     def release_slot(self) -> None:
         self.in_flight -= 1
         self._slots.release()
