@@ -86,6 +86,12 @@ def _handler(make: Callable[[], web.Response]) -> Handler:
     return handler
 
 
+def _flip_pixel_data(png: bytes) -> bytes:
+    """The PNG with one bit of its compressed pixel data (inside IDAT, not its CRC) flipped."""
+    at = png.index(b"IDAT") + 4 + 2  # past the chunk type and the zlib header
+    return png[:at] + bytes([png[at] ^ 0x01]) + png[at + 1 :]
+
+
 def _app() -> web.Application:
     def fixed(body: bytes, content_type: str, status: int = 200) -> web.Response:
         return web.Response(body=body, status=status, content_type=content_type)
@@ -95,6 +101,7 @@ def _app() -> web.Application:
         "/img.jpg": lambda: fixed(JPEG, "image/jpeg"),
         "/corrupt.png": lambda: fixed(b"\x89PNG\r\n\x1a\n" + b"garbage" * 50, "image/png"),
         "/cut.png": lambda: fixed(PNG[: len(PNG) // 2], "image/png"),
+        "/flipped.png": lambda: fixed(_flip_pixel_data(PNG), "image/png"),
         "/error500": lambda: fixed(b"oops", "text/plain", 500),
         "/error404": lambda: fixed(b"gone", "text/plain", 404),
         "/error429": lambda: fixed(b"slow down", "text/plain", 429),
@@ -182,6 +189,7 @@ async def test_download_of_a_real_jpeg_checks_its_type(
         ("/truncated.png", True, "ClientPayloadError"),
         ("/corrupt.png", False, "not a valid image"),
         ("/cut.png", False, "not a valid image"),
+        ("/flipped.png", False, "not a valid image"),  # one bit of pixel data: a bad CRC
         ("/error500", True, "HTTP 500"),
         ("/error429", True, "HTTP 429"),
         ("/error404", False, "HTTP 404"),
