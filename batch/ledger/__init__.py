@@ -5,7 +5,11 @@
       migrations.py  named migrations (m001_initial, ...) recorded in `migrations`
       plan.py        Ledger.plan: manifest ⇄ ledger reconciliation in bounded memory
       store.py       Ledger: open, transitions, reads, runs
+      group.py       group commit of the event loop's frequent transitions
+      checkpoint.py  WAL checkpoints in a thread, off the event loop
       export.py      results.csv / results.jsonl, derived and written atomically
+      tx.py          the one way to write: a transaction under the ledger's lock
+      uploads.py     local input files read and the upload cache
 
 Secrets: the ledger stores only what callers hand it and never reads a key itself. Callers
 must not pass secrets (the API key, auth headers) in requests, messages or settings; run

@@ -21,6 +21,8 @@ from types import TracebackType
 from typing import Any, Literal
 
 from batch.crashpoints import crashpoint
+from batch.ledger.checkpoint import INTERVAL as CHECKPOINT_INTERVAL
+from batch.ledger.checkpoint import Checkpointer, background_checkpoints
 from batch.ledger.export import ExportPaths, export_results
 from batch.ledger.migrations import applied_migrations, migrate
 from batch.ledger.models import (
@@ -142,6 +144,13 @@ class Ledger:
     def applied_migrations(self) -> list[str]:
         with self._lock:
             return applied_migrations(self._conn)
+
+    def background_checkpoints(
+        self, interval: float = CHECKPOINT_INTERVAL
+    ) -> AbstractContextManager[Checkpointer]:
+        """A block during which WAL checkpoints run in a thread of their own, not inside
+        this connection's commits (`batch.ledger.checkpoint`): for a run's event loop."""
+        return background_checkpoints(self._conn, self._lock, self.path, interval)
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         return transaction(self._conn, self._lock)

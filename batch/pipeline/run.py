@@ -204,6 +204,7 @@ async def _execute(
     receive = spec.wait == "webhook" and not detach
     writes = GroupCommit(ledger)
     async with (
+        _checkpoints(ledger),
         _queue(spec, credentials) as client,
         webhook_waits(spec, client, ledger, writes, enabled=receive, stats=stats.webhooks) as hooks,
     ):
@@ -245,6 +246,13 @@ async def _execute(
             await uploads.aclose()
         if dispatcher.fatal is not None:
             raise dispatcher.fatal
+
+
+@contextlib.asynccontextmanager
+async def _checkpoints(ledger: Ledger) -> AsyncIterator[None]:
+    """WAL checkpoints off the event loop while items run (`Ledger.background_checkpoints`)."""
+    with ledger.background_checkpoints():
+        yield
 
 
 @contextlib.asynccontextmanager

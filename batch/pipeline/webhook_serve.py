@@ -164,6 +164,7 @@ class WebhookService:
     async def __aenter__(self) -> WebhookService:
         async with contextlib.AsyncExitStack() as stack:
             self.ledger = stack.enter_context(Ledger.open(self.spec.output))
+            stack.enter_context(self.ledger.background_checkpoints())
             client = await stack.enter_async_context(
                 QueueClient(
                     base_url=self.spec.queue,
