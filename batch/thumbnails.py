@@ -42,6 +42,7 @@ THUMB_QUALITY = 80
 THREADS = 4
 MAX_INLINE_BYTES = 64 * 1024 * 1024
 SMALL_BYTES = 128 * 1024  # an output this light and small is shown as it is
+MAX_REMEMBERED_INPUTS = 4096
 _SHOWN_AS_IS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 
 
@@ -88,6 +89,8 @@ class Thumbnailer:
         self.made = 0
         self.failed = 0
         self._jobs: dict[Path, _Job] = {}
+        self._failed: set[str] = set()
+        self._inputs: dict[str, Media] = {}  # many cards often share an input image
 
     def output(
         self,
@@ -111,7 +114,15 @@ class Thumbnailer:
         return Media(url_of(thumb), url_of(rel_path), "output")
 
     def input(self, url: str) -> Media:
-        """An input image as the request names it."""
+        """An input image as the request names it (worked out once per report)."""
+        media = self._inputs.get(url)
+        if media is None:
+            if len(self._inputs) >= MAX_REMEMBERED_INPUTS:
+                self._inputs.clear()
+            media = self._inputs[url] = self._input(url)
+        return media
+
+    def _input(self, url: str) -> Media:
         if url.startswith("data:"):
             digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
             thumb = f"{THUMBS_DIR}/inputs/d-{digest[:40]}.jpg"
@@ -150,11 +161,12 @@ class Thumbnailer:
         self._jobs[job.dest] = job
 
     def make(self) -> set[str]:
-        """Make the planned thumbnails; the URLs (as `Media.thumb`) of those that failed."""
+        """Make the planned thumbnails; the URLs (as `Media.thumb`) of every thumbnail that
+        failed so far in this report (a card may reuse an input's thumbnail planned earlier)."""
         jobs = list(self._jobs.values())
         self._jobs.clear()
         if not jobs:
-            return set()
+            return self._failed
         with ThreadPoolExecutor(min(THREADS, len(jobs))) as pool:
             results = list(pool.map(_make, jobs))
         failed = {
@@ -164,7 +176,8 @@ class Thumbnailer:
         }
         self.made += len(jobs) - len(failed)
         self.failed += len(failed)
-        return failed
+        self._failed |= failed
+        return self._failed
 
 
 def _small(rel_path: str, width: int | None, height: int | None, size: int | None) -> bool:

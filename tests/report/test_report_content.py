@@ -164,3 +164,28 @@ def test_an_output_no_bigger_than_a_thumbnail_is_shown_as_it_is(tmp_path):
             assert img.format == "JPEG" and max(img.size) <= 256
     assert report.thumbs_made == 3
     assert not (out / "thumbs" / "images" / "small_0.png.jpg").exists()
+
+
+def test_an_input_shared_by_many_cards_is_thumbnailed_once_and_a_failure_shows_on_every_card(
+    tmp_path,
+):
+    """More cards than one batch of thumbnails (CHUNK): the shared inputs are worked out once,
+    and the one that cannot be decoded is a placeholder on every card, not only the first."""
+    good, broken = png_uri(300, 200), "data:image/png;base64,AAAAAAAA"
+    out = tmp_path / "out"
+    with Ledger.open(out) as ledger:
+        ledger.plan(
+            [_Item(f"k{i:04d}", {"prompt": "p", "image_urls": [good, broken]}) for i in range(450)]
+        )
+
+    report = write_report(out, title="t")
+
+    assert (report.thumbs_made, report.thumbs_failed) == (1, 1)
+    cards = _records(report.path)
+    assert len(cards) == 450
+    assert {json.dumps(card["i"]) for card in cards.values()} == {
+        json.dumps(cards["k0000"]["i"])
+    }  # every card the same
+    [[good_thumb, _, good_label], [broken_thumb, _, broken_label]] = cards["k0449"]["i"]
+    assert good_thumb is not None and good_thumb.startswith("thumbs/inputs/d-")
+    assert (broken_thumb, broken_label) == (None, "no thumbnail")
