@@ -187,5 +187,5 @@ def test_an_input_shared_by_many_cards_is_thumbnailed_once_and_a_failure_shows_o
         json.dumps(cards["k0000"]["i"])
     }  # every card the same
     [[good_thumb, _, good_label], [broken_thumb, _, broken_label]] = cards["k0449"]["i"]
-    assert good_thumb is not None and good_thumb.startswith("thumbs/inputs/d-")
+    assert good_label == "inline" and good_thumb.startswith("thumbs/inputs/d-")
     assert (broken_thumb, broken_label) == (None, "no thumbnail")
