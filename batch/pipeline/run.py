@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from batch.lock import run_lock
 from batch.outputs import cleanup_temp_files, validate_template
 from batch.pipeline.admission import Admission
 from batch.pipeline.budget import cost_lines, make_budget
+from batch.pipeline.collector import fewer_collections
 from batch.pipeline.dispatch import Dispatcher, StopSignal
 from batch.pipeline.events import NullProgress, Progress, RunStats
 from batch.pipeline.item import ItemContext
@@ -45,7 +45,6 @@ log = logging.getLogger("batch.run")
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_AUTH, EXIT_STOPPED, EXIT_LOCKED = 0, 1, 2, 3, 4, 5
 DOWNLOAD_CONCURRENCY = 16
-GC_YOUNG_THRESHOLD = 50_000
 
 
 @dataclass
@@ -248,34 +247,6 @@ async def _execute(
             await uploads.aclose()
         if dispatcher.fatal is not None:
             raise dispatcher.fatal
-
-
-@contextlib.contextmanager
-def fewer_collections(young: int = GC_YOUNG_THRESHOLD) -> Iterator[None]:
-    """Run the block with the cyclic garbage collector's youngest generation collected every
-    `young` allocations instead of every 700.
-
-    A run allocates many short-lived objects per item (requests, responses, futures, rows)
-    that reference counting frees at once. At the default threshold the collector still runs
-    hundreds of times a second and keeps promoting the survivors of the moment, so the older
-    generations are scanned over and over: 2.0-2.2 s of a 17 s, 5,000-item run, in pauses of
-    up to 170 ms. With 50,000 it ran 4 times, 0.26-0.29 s in all. Blocks that overlap (two
-    jobs run at once in one process) restore the setting when the last one ends."""
-    global _open_blocks, _threshold_before
-    if _open_blocks == 0:
-        _threshold_before = gc.get_threshold()
-        gc.set_threshold(max(young, _threshold_before[0]), *_threshold_before[1:])
-    _open_blocks += 1
-    try:
-        yield
-    finally:
-        _open_blocks -= 1
-        if _open_blocks == 0:
-            gc.set_threshold(*_threshold_before)
-
-
-_open_blocks = 0  # `fewer_collections` blocks open now
-_threshold_before = gc.get_threshold()  # the collector's setting when the first one opened
 
 
 @contextlib.asynccontextmanager

@@ -30,6 +30,7 @@ from batch.job import JobError, JobSpec
 from batch.ledger import LEDGER_FILE, ItemRow, Ledger
 from batch.ledger.group import GroupCommit
 from batch.pipeline.admission import Admission
+from batch.pipeline.collector import fewer_collections
 from batch.pipeline.events import RunStats
 from batch.pipeline.item import ItemContext, finish_item
 from batch.pipeline.policy import RetryPolicy
@@ -165,6 +166,7 @@ class WebhookService:
         async with contextlib.AsyncExitStack() as stack:
             self.ledger = stack.enter_context(Ledger.open(self.spec.output))
             stack.enter_context(self.ledger.background_checkpoints())
+            stack.enter_context(fewer_collections())
             client = await stack.enter_async_context(
                 QueueClient(
                     base_url=self.spec.queue,
