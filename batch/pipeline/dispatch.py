@@ -100,21 +100,22 @@ class Dispatcher:
         task.add_done_callback(functools.partial(self._done, key=row.key))
 
     async def _take_slot(self) -> bool:
+        """Take an admission slot, or False when a stop came first (no slot is kept)."""
         if self.ctx.admission.has_room():  # the common case: no waiting, so nothing to race
             await self.ctx.admission.acquire_slot()
             await asyncio.sleep(0)  # one item per turn of the loop: submits go out paced
-            return True
-        acquire = asyncio.ensure_future(self.ctx.admission.acquire_slot())
-        stop = asyncio.ensure_future(self.stop.draining.wait())
-        await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if acquire.done() and not acquire.cancelled():
-            if self.stop.draining.is_set():
-                self.ctx.admission.release_slot()
+        else:
+            acquire = asyncio.ensure_future(self.ctx.admission.acquire_slot())
+            stop = asyncio.ensure_future(self.stop.draining.wait())
+            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if not acquire.done() or acquire.cancelled():
+                acquire.cancel()
                 return False
-            return True
-        acquire.cancel()
-        return False
+        if self.stop.draining.is_set():
+            self.ctx.admission.release_slot()
+            return False
+        return True
 
     def _done(self, task: asyncio.Task[float | None], *, key: str) -> None:
         self._tasks.discard(task)
