@@ -241,9 +241,15 @@ def output_path(output_dir: Path, rel: str) -> Path:
 
 def check_output_path(rel: str) -> None:
     """ValueError unless `rel` is a relative path that stays inside its folder: not empty, not
-    absolute, no `..` part (either slash separates), no NUL. String checks, not `Path` parsing:
-    this runs for every output the ledger records."""
-    if not rel or os.path.isabs(rel) or "\x00" in rel or ".." in rel.replace("\\", "/").split("/"):
+    absolute, no drive (Windows), no `..` part (either slash separates), no NUL. String checks,
+    not `Path` parsing: this runs for every output the ledger records."""
+    if (
+        not rel
+        or os.path.isabs(rel)
+        or os.path.splitdrive(rel)[0]
+        or "\x00" in rel
+        or ".." in rel.replace("\\", "/").split("/")
+    ):
         raise ValueError(f"unsafe output path {rel!r}")
 
 

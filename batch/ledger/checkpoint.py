@@ -4,22 +4,25 @@ SQLite in WAL mode copies the log back into the database file (a checkpoint) whe
 passes 1,000 pages, inside whichever commit crossed the line, and with `synchronous=NORMAL` that
 commit also fsyncs the database. On the event loop's thread that commit then takes tens to
 hundreds of milliseconds instead of one or two (measured here: 98 and 238 ms). While
-`background_checkpoints` is active, the ledger's connection does not checkpoint; a thread with
-its own connection runs a PASSIVE checkpoint every `interval` seconds, which never blocks the
-writer (SQLite's C code runs without the GIL). When the block ends the connection checkpoints
-as before.
+`background_checkpoints` is active, a thread with its own connection runs a PASSIVE checkpoint
+every `interval` seconds, which never blocks the writer (SQLite's C code runs without the GIL),
+and the ledger's connection checkpoints only past `FALLBACK_PAGES` of log (should the thread
+fall behind or die). When the block ends the connection's own setting comes back.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 INTERVAL = 0.5  # seconds; the log grows a few MB at most in between
-SQLITE_DEFAULT_AUTOCHECKPOINT = 1000
+FALLBACK_PAGES = 50_000  # the connection checkpoints itself past this (~200 MB of log)
+
+log = logging.getLogger("batch.ledger")
 
 
 class Checkpointer:
@@ -28,7 +31,7 @@ class Checkpointer:
     def __init__(self, path: Path, interval: float = INTERVAL) -> None:
         self.path = path
         self.interval = interval
-        self.checkpoints = 0  # PASSIVE checkpoints run (for tests and curiosity)
+        self.checkpoints = 0  # PASSIVE checkpoints completed (for tests and curiosity)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ledger-checkpoint", daemon=True)
 
@@ -40,15 +43,23 @@ class Checkpointer:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def _run(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA busy_timeout = 1000")
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:  # the connection's own limit (FALLBACK_PAGES) still holds
+            log.warning("WAL checkpoints: cannot open %s: %s", self.path.name, exc)
+            return
+        try:
             while not self._stop.wait(self.interval):
-                with suppress(sqlite3.Error):  # busy (another checkpoint): the next turn
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                try:
+                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:
+                    log.warning("WAL checkpoint of %s failed: %s", self.path.name, exc)
+                    continue
+                if not busy:  # busy: another connection was checkpointing; the next turn
                     self.checkpoints += 1
         finally:
             conn.close()
@@ -59,14 +70,18 @@ def background_checkpoints(
     conn: sqlite3.Connection, lock: threading.RLock, path: Path, interval: float = INTERVAL
 ) -> Iterator[Checkpointer]:
     """While the block runs, `conn` (the ledger's connection, used under `lock`) leaves
-    checkpoints to a `Checkpointer` thread."""
-    checkpointer = Checkpointer(path, interval)
+    checkpoints to a `Checkpointer` thread, up to `FALLBACK_PAGES` of log (should the thread
+    fall behind or die); then its own setting comes back."""
     with lock:
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
-    checkpointer.start()
+        (before,) = conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+        conn.execute(f"PRAGMA wal_autocheckpoint = {max(int(before), FALLBACK_PAGES)}")
+    checkpointer = Checkpointer(path, interval)
     try:
+        checkpointer.start()
         yield checkpointer
     finally:
-        checkpointer.stop()
-        with lock:
-            conn.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_DEFAULT_AUTOCHECKPOINT}")
+        try:
+            checkpointer.stop()
+        finally:
+            with lock:
+                conn.execute(f"PRAGMA wal_autocheckpoint = {int(before)}")

@@ -103,7 +103,11 @@ class Dispatcher:
         """Take an admission slot, or False when a stop came first (no slot is kept)."""
         if self.ctx.admission.has_room():  # the common case: no waiting, so nothing to race
             await self.ctx.admission.acquire_slot()
-            await asyncio.sleep(0)  # one item per turn of the loop: submits go out paced
+            try:
+                await asyncio.sleep(0)  # one item per turn of the loop: submits go out paced
+            except asyncio.CancelledError:
+                self.ctx.admission.release_slot()
+                raise
         else:
             acquire = asyncio.ensure_future(self.ctx.admission.acquire_slot())
             stop = asyncio.ensure_future(self.stop.draining.wait())

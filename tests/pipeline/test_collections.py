@@ -19,3 +19,14 @@ def test_a_run_collects_less_often_and_the_setting_comes_back_after_overlapping_
     second.__exit__(None, None, None)
 
     assert gc.get_threshold() == before
+
+
+def test_a_process_that_turned_automatic_collection_off_keeps_it_off() -> None:
+    before = gc.get_threshold()
+    gc.set_threshold(0)
+    try:
+        with fewer_collections(young=60_000):
+            assert gc.get_threshold()[0] == 0
+        assert gc.get_threshold()[0] == 0
+    finally:
+        gc.set_threshold(*before)
