@@ -1,11 +1,11 @@
 """Output files: safe names, verified downloads, atomic writes, integrity checks.
 
-A file reaches its final name only whole: it is downloaded and hashed, decoded with Pillow and
-checked against what the result said (width, height, content type), then written through
-`batch.durable` (temporary name, made durable, renamed; DESIGN invariant 1). Files downloaded at
-the same time are published as a batch, in a thread: one durability flush and one folder fsync
-for all of them (`Publisher`). Any failure removes the temporary file; `cleanup_temp_files`
-removes the ones a killed process left behind.
+A file reaches its final name only whole: it is downloaded and hashed, checked with Pillow (a
+PNG by its chunk checksums, other formats decoded) and against what the result said (width,
+height, content type), then written through `batch.durable` (temporary name, made durable,
+renamed; DESIGN invariant 1). Files downloaded at the same time are published as a batch, in
+a thread: one durability flush and one folder fsync for all of them (`Publisher`). Any failure
+removes the temporary file; `cleanup_temp_files` removes the ones a killed process left behind.
 
 Errors are one type, `DownloadError`, with `transient` saying whether trying again may help
 (connection errors, timeouts, truncated bodies, 408/429/5xx) or not (other 4xx, corrupt or
@@ -253,7 +253,7 @@ def check_output_path(rel: str) -> None:
         raise ValueError(f"unsafe output path {rel!r}")
 
 
-# --- atomic files ------------------------------------------------------------------------------
+# --- temporary files ---------------------------------------------------------------------------
 
 
 def cleanup_temp_files(output_dir: Path) -> int:

@@ -152,15 +152,14 @@ class Ledger:
         this connection's commits (`batch.ledger.checkpoint`): for a run's event loop."""
         return background_checkpoints(self._conn, self._lock, self.path, interval)
 
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(self._conn, self._lock)
-
     def group(self) -> AbstractContextManager[sqlite3.Connection]:
         """One transaction for many changes: the transitions called inside it are part of it
         and are committed (or rolled back) together at its end. A transition that raises a
         `LedgerError` or `ValueError` has written nothing (its checks come before its writes,
         and its UPDATE matched no row), so the group may go on without it."""
         return transaction(self._conn, self._lock)
+
+    _tx = group  # each transition's own transaction, which joins a group's when inside one
 
     # --- planning --------------------------------------------------------------------------
 

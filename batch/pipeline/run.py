@@ -149,7 +149,12 @@ async def run_job(
         stop = stop or StopSignal()
         stats = RunStats(total=plan.to_do)
         try:
-            with _signals(stop, handle_signals), _deadline(stop, max_runtime), fewer_collections():
+            with (
+                _signals(stop, handle_signals),
+                _deadline(stop, max_runtime),
+                fewer_collections(),
+                ledger.background_checkpoints(),  # WAL checkpoints off the event loop
+            ):
                 # A finished job makes no connection at all.
                 if plan.to_do or ledger.counts()["submitted"]:
                     await _execute(spec, ledger, stats, stop, progress, policy, credentials, detach)
@@ -205,7 +210,6 @@ async def _execute(
     receive = spec.wait == "webhook" and not detach
     writes = GroupCommit(ledger)
     async with (
-        _checkpoints(ledger),
         _queue(spec, credentials) as client,
         webhook_waits(spec, client, ledger, writes, enabled=receive, stats=stats.webhooks) as hooks,
     ):
@@ -247,13 +251,6 @@ async def _execute(
             await uploads.aclose()
         if dispatcher.fatal is not None:
             raise dispatcher.fatal
-
-
-@contextlib.asynccontextmanager
-async def _checkpoints(ledger: Ledger) -> AsyncIterator[None]:
-    """WAL checkpoints off the event loop while items run (`Ledger.background_checkpoints`)."""
-    with ledger.background_checkpoints():
-        yield
 
 
 @contextlib.asynccontextmanager
