@@ -47,6 +47,21 @@ from batch.schema import EditOutput, OutputImage
 
 DOWNLOAD_TIMEOUT = 120.0
 MAX_IMAGE_BYTES = 200 * 1024 * 1024
+MIN_DOWNLOADS = 16
+
+
+def download_limit(concurrency: int) -> int:
+    """Downloads at once for `concurrency` fal slots: one for every two slots, at least 16.
+
+    Enough downloads must run for them to keep up with the results: completions per second
+    times the time a download takes (Little's law). Results come at most `concurrency` per
+    service time, and a download usually takes well under half a service time. With too few,
+    finished requests pile up waiting for a download while new ones keep being submitted:
+    measured at concurrency 200 with zero service time, 16 downloads left 4,000 of 5,000
+    results waiting behind the submits and the run took 1-2 s longer. Each running download
+    holds one image in memory.
+    """
+    return max(MIN_DOWNLOADS, concurrency // 2)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from batch.pipeline.budget import cost_lines, make_budget
 from batch.pipeline.collector import fewer_collections
 from batch.pipeline.dispatch import Dispatcher, StopSignal
 from batch.pipeline.events import NullProgress, Progress, RunStats
-from batch.pipeline.item import ItemContext
+from batch.pipeline.item import ItemContext, download_limit
 from batch.pipeline.planning import plan_run
 from batch.pipeline.policy import RetryPolicy
 from batch.pipeline.uploads import make_uploader
@@ -44,7 +44,6 @@ from batch.report import REPORT_NAME, write_report_quietly
 log = logging.getLogger("batch.run")
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_AUTH, EXIT_STOPPED, EXIT_LOCKED = 0, 1, 2, 3, 4, 5
-DOWNLOAD_CONCURRENCY = 16
 
 
 @dataclass
@@ -231,7 +230,7 @@ async def _execute(
             stats=stats,
             output_dir=spec.output,
             filename_template=spec.filename,
-            downloads=asyncio.Semaphore(DOWNLOAD_CONCURRENCY),
+            downloads=asyncio.Semaphore(download_limit(spec.concurrency)),
             writes=writes,
             priority=spec.priority,
             start_timeout=spec.start_timeout,
@@ -293,7 +292,7 @@ def _in_flight_limit(spec: JobSpec) -> int:
 
 
 def _connections(spec: JobSpec) -> int:
-    return max(100, _in_flight_limit(spec) * 2 + DOWNLOAD_CONCURRENCY)
+    return max(100, _in_flight_limit(spec) * 2 + download_limit(spec.concurrency))
 
 
 @contextlib.contextmanager

@@ -32,13 +32,12 @@ from batch.ledger.group import GroupCommit
 from batch.pipeline.admission import Admission
 from batch.pipeline.collector import fewer_collections
 from batch.pipeline.events import RunStats
-from batch.pipeline.item import ItemContext, finish_item
+from batch.pipeline.item import ItemContext, download_limit, finish_item
 from batch.pipeline.policy import RetryPolicy
 from batch.pipeline.waiting import Waiter
 
 log = logging.getLogger("batch.webhooks")
 
-DOWNLOAD_CONCURRENCY = 16
 CHECK_INTERVAL_S = 0.5  # how often `until_done` looks at the ledger (another run may finish)
 
 
@@ -182,7 +181,7 @@ class WebhookService:
                 stats=RunStats(),
                 output_dir=self.spec.output,
                 filename_template=self.spec.filename,
-                downloads=asyncio.Semaphore(DOWNLOAD_CONCURRENCY),
+                downloads=asyncio.Semaphore(download_limit(self.spec.concurrency)),
                 writes=GroupCommit(self.ledger),
             )
             self.collector = Collector(self.ctx)
