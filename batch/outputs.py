@@ -320,7 +320,8 @@ def describe_url(url: str) -> str:
     if url.startswith("data:"):
         return url.split(",", 1)[0][:64] + ",…"
     parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", ""))
+    host = parts.netloc.rpartition("@")[2]  # the port kept, any user:password dropped
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def decode_data_uri(url: str, max_bytes: int) -> tuple[bytes, str | None]:
@@ -484,33 +485,32 @@ class Publisher:
 
 async def _fetch(session: aiohttp.ClientSession, url: str, timeout: float, max_bytes: int) -> bytes:
     """The body of `url`, at most `max_bytes` (output images are held in memory briefly)."""
-    shown = describe_url(url)
+
+    def failure(reason: str, transient: bool, status: int | None = None) -> DownloadError:
+        # The URL is shortened for the message only on failure: a download is otherwise cheap.
+        return DownloadError(f"{describe_url(url)}: {reason}", transient=transient, status=status)
+
     chunks: list[bytes] = []
     size = 0
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            _check_status(resp.status, shown)
+            if resp.status >= 400:
+                transient = resp.status >= 500 or resp.status in (408, 425, 429)
+                raise failure(f"HTTP {resp.status}", transient, resp.status)
             if resp.content_length is not None and resp.content_length > max_bytes:
-                raise DownloadError(f"{shown}: larger than {max_bytes} bytes", transient=False)
+                raise failure(f"larger than {max_bytes} bytes", False)
             async for chunk in resp.content.iter_chunked(_CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
-                    raise DownloadError(f"{shown}: larger than {max_bytes} bytes", transient=False)
+                    raise failure(f"larger than {max_bytes} bytes", False)
                 chunks.append(chunk)
     except (aiohttp.InvalidURL, ValueError) as exc:
-        raise DownloadError(f"{shown}: invalid URL ({exc})", transient=False) from None
+        raise failure(f"invalid URL ({exc})", False) from None
     except TimeoutError:
-        raise DownloadError(f"{shown}: timed out after {timeout}s", transient=True) from None
+        raise failure(f"timed out after {timeout}s", True) from None
     except aiohttp.ClientError as exc:
-        raise DownloadError(f"{shown}: {type(exc).__name__}: {exc}", transient=True) from None
+        raise failure(f"{type(exc).__name__}: {exc}", True) from None
     return b"".join(chunks)
-
-
-def _check_status(status: int, shown: str) -> None:
-    if status < 400:
-        return
-    transient = status >= 500 or status in (408, 425, 429)
-    raise DownloadError(f"{shown}: HTTP {status}", transient=transient, status=status)
 
 
 async def download_image(

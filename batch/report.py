@@ -41,6 +41,7 @@ REPORT_NAME = "report.html"
 CHUNK = 200  # items whose thumbnails are made together
 PROMPT_CHARS = 1000
 ERROR_CHARS = 600
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one for every record
 _SQL = """
     SELECT i.key, i.source, i.state, i.attempts, i.request, i.error_kind, i.error_message,
            i.seed, i.nsfw, i.timings, i.submitted_at, i.completed_at, i.possible_duplicate,
@@ -242,7 +243,7 @@ def _cut(text: str, limit: int) -> str:
 
 def _json(record: dict[str, Any]) -> str:
     """Compact JSON safe inside a <script> element."""
-    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    text = _JSON.encode(record)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 

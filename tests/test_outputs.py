@@ -204,10 +204,14 @@ async def test_failed_downloads_leave_no_file_and_say_if_transient(
     expect: str,
 ) -> None:
     dest = tmp_path / "images" / "k-0.png"
+    url = f"{server}{path}?token=s3cret"  # a signed URL: its signature is never shown
     with pytest.raises(DownloadError) as info:
-        await download_image(session, server + path, dest, timeout=10, max_bytes=10**6)
+        await download_image(session, url, dest, timeout=10, max_bytes=10**6)
     assert info.value.transient is transient
     assert expect in str(info.value)
+    assert "s3cret" not in str(info.value)
+    if "HTTP" in expect:
+        assert str(info.value).startswith(f"{server}{path}: ")
     assert not dest.exists()
     assert leftovers(tmp_path) == []
 
@@ -326,6 +330,7 @@ def test_urls_in_messages_lose_query_strings_and_data() -> None:
         describe_url("https://cdn.example/a/b.png?token=s3cret#f") == "https://cdn.example/a/b.png"
     )
     assert "iVBOR" not in describe_url("data:image/png;base64,iVBORw0KGgo=")
+    assert describe_url("http://u:pw@[::1]:8080/x.png?sig=1") == "http://[::1]:8080/x.png"
 
 
 # --- temp files and verification -----------------------------------------------------------

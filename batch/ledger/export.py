@@ -40,6 +40,7 @@ FIELDS = (
     "completed_at",
 )
 _LISTS = ("paths", "sha256s", "widths", "heights")
+_JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder for every line, not one per call
 _SQL = """
     SELECT i.key, i.source, i.endpoint, i.state, i.attempts, i.request_id, i.error_kind,
            i.error_message, i.seed, i.possible_duplicate, i.in_manifest, i.request,
@@ -120,11 +121,14 @@ def export_results(db_path: Path, dest_dir: Path) -> ExportPaths:
             atomic_writer(paths.csv) as csv_fh,
             atomic_writer(paths.jsonl, newline="\n") as jsonl_fh,
         ):
-            writer = csv.DictWriter(csv_fh, fieldnames=FIELDS, lineterminator="\n")
+            # Every record has exactly FIELDS: no need for DictWriter to look for extra keys.
+            writer = csv.DictWriter(
+                csv_fh, fieldnames=FIELDS, lineterminator="\n", extrasaction="ignore"
+            )
             writer.writeheader()
             for record in _records(conn):
                 writer.writerow(_csv_row(record))
-                jsonl_fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                jsonl_fh.write(_JSON.encode(record) + "\n")
         conn.execute("COMMIT")
     finally:
         conn.close()
