@@ -133,7 +133,9 @@ async def run_item(ctx: ItemContext, row: ItemRow, slot: Slot) -> float | None:
         completed = await _wait(ctx, row, handle, fresh=fresh)
         output = await _fetch_result(ctx, row, handle, completed)
         slot.release()
-        await _collect(ctx, row, output)
+        # Only a request sent with a webhook may also be finalized elsewhere (by `webhook serve`
+        # from fal's delivery); one that this task sent without a webhook cannot be.
+        await _collect(ctx, row, output, shared=not fresh or ctx.webhook_url is not None)
     except Later as later:
         return later.when
     except (Finished, InvalidTransitionError):
@@ -151,7 +153,7 @@ async def finish_item(
     Returns when to come back, or None when the item is done."""
     try:
         output = await _fetch_result(ctx, row, handle, completed)
-        await _collect(ctx, row, output)
+        await _collect(ctx, row, output, shared=True)
     except Later as later:
         return later.when
     except (Finished, InvalidTransitionError):
@@ -287,8 +289,11 @@ async def _fetch_result(
         _fail(ctx, row, "bad_output", f"result does not match the output schema: {exc}")
 
 
-async def _collect(ctx: ItemContext, row: ItemRow, output: EditOutput) -> None:
-    if ctx.ledger.state(row.key) != "submitted":
+async def _collect(ctx: ItemContext, row: ItemRow, output: EditOutput, *, shared: bool) -> None:
+    """Download the outputs and mark the item completed. `shared`: another finalizer may have
+    finished the item meanwhile; then nothing is downloaded (the ledger's transition refuses a
+    second completion either way, this only saves the downloads)."""
+    if shared and ctx.ledger.state(row.key) != "submitted":
         raise Finished()  # finalized meanwhile by another finalizer (a webhook receiver)
     records: list[OutputRecord] = []
     for index, image in enumerate(output.images):
