@@ -165,7 +165,7 @@ def _item(members: Sequence[Sequence[Any]], thumbs: Thumbnailer, report: Report)
     payload = _loads(request)
     outputs = [m[13:17] for m in members if m[13] is not None]
     flagged = any(_loads(nsfw) or [])
-    latency = _latency(state, submitted_at, completed_at, _loads(timings))
+    latency = _latency(state, submitted_at, completed_at, timings)
     report.items += 1
     report.counts[state] += 1
     report.flagged += flagged
@@ -207,13 +207,14 @@ def _input_urls(payload: Any) -> list[str]:
 
 
 def _latency(
-    state: str, submitted_at: float | None, completed_at: float | None, timings: Any
+    state: str, submitted_at: float | None, completed_at: float | None, timings_json: str | None
 ) -> float | None:
     """Submit to completion (queue, inference and download), else the result's own timing."""
     if state != "completed":
         return None
     if submitted_at is not None and completed_at is not None and completed_at >= submitted_at:
         return float(completed_at - submitted_at)
+    timings = _loads(timings_json)  # read only when needed: this runs for every item
     if isinstance(timings, dict) and isinstance(timings.get("inference"), int | float):
         return float(timings["inference"])
     return None

@@ -34,7 +34,7 @@ from PIL import Image, ImageOps
 
 from batch.durable import TEMP_PREFIX
 from batch.localfiles import local_sha
-from batch.outputs import output_path
+from batch.outputs import check_output_path
 
 THUMBS_DIR = "thumbs"
 THUMB_PX = 256
@@ -85,6 +85,7 @@ class Thumbnailer:
 
     def __init__(self, output_dir: Path, local_files: Mapping[str, LocalInput]) -> None:
         self.output_dir = output_dir
+        self._root = str(output_dir)
         self.local_files = local_files
         self.made = 0
         self.failed = 0
@@ -102,16 +103,18 @@ class Thumbnailer:
         """An output image, by its path relative to the output folder, with its recorded
         width, height and size in bytes (None when unknown)."""
         try:
-            source = output_path(self.output_dir, rel_path)
+            check_output_path(rel_path)
         except ValueError:
             return Media(None, None, "unsafe path")
-        if not source.is_file():
+        source = os.path.join(self._root, rel_path)  # strings, not Paths: once per card
+        if not os.path.isfile(source):
             return Media(None, None, "missing")
+        url = url_of(rel_path)
         if _small(rel_path, width, height, size):
-            return Media(url_of(rel_path), url_of(rel_path), "output")
+            return Media(url, url, "output")
         thumb = f"{THUMBS_DIR}/{rel_path}.jpg"
-        self._add(_Job(self.output_dir / thumb, source=source, follow_mtime=True))
-        return Media(url_of(thumb), url_of(rel_path), "output")
+        self._add(_Job(self.output_dir / thumb, source=Path(source), follow_mtime=True))
+        return Media(url_of(thumb), url, "output")
 
     def input(self, url: str) -> Media:
         """An input image as the request names it (worked out once per report)."""
