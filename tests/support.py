@@ -21,6 +21,11 @@ ENDPOINT = "fal-ai/firered-image-edit"
 TEST_KEY = "test-key-5f3c0d1e9a"  # what tests grep for in files and logs
 
 
+def leftovers(folder: Path) -> list[Path]:
+    """Temporary files (`.tmp-*`) anywhere under `folder`."""
+    return [p for p in folder.rglob("*") if p.name.startswith(".tmp-")]
+
+
 def png_uri(width: int = 16, height: int = 12, color: tuple[int, int, int] = (10, 120, 200)) -> str:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buf, "PNG")
