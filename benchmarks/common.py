@@ -211,6 +211,11 @@ def cpu_seconds(*, children: bool = False) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def kernel_seconds() -> float:
+    """The kernel's part of this process's `cpu_seconds` (system CPU seconds)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def arguments(description: str, default_n: int) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import pstats
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from common import (
     arguments,
     cpu_seconds,
     exit_on_sigterm,
+    kernel_seconds,
     machine,
     payload,
     peak_rss_mib,
@@ -119,12 +119,12 @@ def phase(name: str, n: int, concurrency: int, run: Any, *args: Any) -> tuple[di
     """Run one phase against a fresh simulator; its figures and what `run` returned."""
     with SimProcess(capacity=concurrency, latency="fixed:0") as sim:
         client_cpu, sim_cpu = cpu_seconds(), cpu_seconds(children=True)
-        kernel_cpu = resource.getrusage(resource.RUSAGE_SELF).ru_stime
+        kernel_cpu = kernel_seconds()
         started = time.perf_counter()
         returned = asyncio.run(run(sim, *args))
         wall = time.perf_counter() - started
         client_cpu = cpu_seconds() - client_cpu
-        kernel_cpu = resource.getrusage(resource.RUSAGE_SELF).ru_stime - kernel_cpu
+        kernel_cpu = kernel_seconds() - kernel_cpu
         seen = sim.counters()["requests"]
     sim_cpu = cpu_seconds(children=True) - sim_cpu  # the simulator's whole life, start included
     figures = {
