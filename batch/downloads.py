@@ -83,7 +83,10 @@ def describe_url(url: str) -> str:
     """A URL for messages: no query string or fragment; data URIs without their payload."""
     if url.startswith("data:"):
         return url.split(",", 1)[0][:64] + ",…"
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: nothing of it can be shown safely
+        return "<unreadable URL>"
     host = parts.netloc.rpartition("@")[2]  # the port kept, any user:password dropped
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
@@ -268,13 +271,28 @@ async def _fetch(session: aiohttp.ClientSession, url: str, timeout: float, max_b
                 if size > max_bytes:
                     raise failure(f"larger than {max_bytes} bytes", False)
                 chunks.append(chunk)
-    except (aiohttp.InvalidURL, ValueError) as exc:
-        raise failure(f"invalid URL ({exc})", False) from None
+    # aiohttp's texts for the first two name the whole URL, signature and all: not shown.
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError, ValueError):
+        raise failure("invalid URL", False) from None
+    except aiohttp.ClientResponseError as exc:  # too many redirects, a bad redirect
+        raise failure(f"{type(exc).__name__} (HTTP {exc.status})", True) from None
     except TimeoutError:
         raise failure(f"timed out after {timeout}s", True) from None
     except aiohttp.ClientError as exc:
-        raise failure(f"{type(exc).__name__}: {exc}", True) from None
+        raise failure(f"{type(exc).__name__}: {_without_query(str(exc), url)}", True) from None
     return b"".join(chunks)
+
+
+def _without_query(text: str, url: str) -> str:
+    """`text` with `url`'s query and fragment (where a signed URL keeps its secret) cut out."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return ""  # a URL that cannot be read: none of the text is shown
+    for secret in (parts.query, parts.fragment):
+        if secret:
+            text = text.replace(secret, "…")
+    return text
 
 
 async def download_image(

@@ -26,10 +26,16 @@ def leftovers(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.startswith(".tmp-")]
 
 
-def png_uri(width: int = 16, height: int = 12, color: tuple[int, int, int] = (10, 120, 200)) -> str:
+def png_bytes(
+    width: int = 16, height: int = 12, color: tuple[int, int, int] = (10, 120, 200)
+) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
+
+
+def png_uri(width: int = 16, height: int = 12, color: tuple[int, int, int] = (10, 120, 200)) -> str:
+    return "data:image/png;base64," + base64.b64encode(png_bytes(width, height, color)).decode()
 
 
 def edit(prompt: str = "make it blue", **fields: Any) -> dict[str, Any]:

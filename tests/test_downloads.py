@@ -68,6 +68,10 @@ async def _stalled(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def _redirect_to_itself(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound(request.path_qs)  # query string and all: aiohttp gives up after 10
+
+
 def _handler(make: Callable[[], web.Response]) -> Handler:
     async def handler(_request: web.Request) -> web.Response:
         return make()
@@ -98,6 +102,7 @@ def _app() -> web.Application:
     app = web.Application()
     for path, make in routes.items():
         app.router.add_get(path, _handler(make))
+    app.router.add_get("/loop.png", _redirect_to_itself)
     app.router.add_get("/truncated.png", _truncated)
     app.router.add_get("/stalled.png", _stalled)
     app[RELEASE] = asyncio.Event()
@@ -178,6 +183,7 @@ async def test_download_of_a_real_jpeg_checks_its_type(
         ("/error500", True, "HTTP 500"),
         ("/error429", True, "HTTP 429"),
         ("/error404", False, "HTTP 404"),
+        ("/loop.png", True, "TooManyRedirects"),
     ],
 )
 async def test_failed_downloads_leave_no_file_and_say_if_transient(
@@ -199,6 +205,16 @@ async def test_failed_downloads_leave_no_file_and_say_if_transient(
         assert str(info.value).startswith(f"{server}{path}: ")
     assert not dest.exists()
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("url", ["ftp://cdn.example/x.png", "http://[cdn/x.png"])
+async def test_invalid_urls_are_permanent_errors_that_do_not_show_their_query(
+    session: aiohttp.ClientSession, tmp_path: Path, url: str
+) -> None:
+    with pytest.raises(DownloadError, match="invalid URL") as info:
+        await download_image(session, f"{url}?token=s3cret", tmp_path / "k-0.png", timeout=10)
+    assert info.value.transient is False
+    assert "s3cret" not in str(info.value)
 
 
 async def test_status_is_carried_on_http_errors(
@@ -316,6 +332,7 @@ def test_urls_in_messages_lose_query_strings_and_data() -> None:
     )
     assert "iVBOR" not in describe_url("data:image/png;base64,iVBORw0KGgo=")
     assert describe_url("http://u:pw@[::1]:8080/x.png?sig=1") == "http://[::1]:8080/x.png"
+    assert describe_url("http://u:pw@[cdn/x.png?sig=1") == "<unreadable URL>"
 
 
 # --- publishing in batches -----------------------------------------------------------------

@@ -24,6 +24,7 @@ from batch.ledger import (
     request_hash,
 )
 from batch.ledger import migrations as mig
+from batch.ledger.export import FIELDS
 from batch.outputs import OutputRecord
 
 ENDPOINT = "fal-ai/firered-image-edit"
@@ -606,6 +607,9 @@ def test_export_writes_csv_and_jsonl_that_parse_back(ledger: Ledger) -> None:
     lines = paths.jsonl.read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["key"] for r in records] == ["a", "b", "c"]
+    # The same columns in both files: none dropped from the CSV, none added to the JSONL.
+    assert all(list(r) == list(FIELDS) for r in records)
+    assert all(list(r) == list(FIELDS) for r in rows)
     assert records[0]["paths"] == ["images/a-0.png", "images/a-1.png"]
     assert records[0]["widths"] == [64, 64]
     assert records[0]["possible_duplicate"] is True

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import unicodedata
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from support import leftovers
+from support import leftovers, png_bytes
 
 from batch.outputs import (
     OutputRecord,
@@ -22,14 +20,7 @@ from batch.outputs import (
     verify_outputs,
 )
 
-
-def _png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), (10, 120, 200)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-PNG = _png()
+PNG = png_bytes(64, 48)
 
 
 # --- temp files and verification -----------------------------------------------------------

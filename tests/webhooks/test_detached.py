@@ -104,13 +104,13 @@ async def test_serve_and_a_reattaching_run_racing_finalize_each_item_once(hooks)
 async def test_a_reattached_item_finished_elsewhere_meanwhile_is_not_downloaded(hooks):
     """A request sent with a webhook may be finalized by `webhook serve` while a run that
     re-attached to it fetches its result: the run then leaves it, and downloads nothing."""
-    sim = await hooks.start(faults=hooks.plan(FaultRule(kind="slow", route="result", delay=1.0)))
+    sim = await hooks.start(faults=hooks.plan(FaultRule(kind="slow", route="result", delay=3.0)))
     n = 3
     spec = hooks.spec(hooks.manifest(n))
     assert (await hooks.run(spec, detach=True)).exit_code == EXIT_OK
     await until(lambda: all_jobs_done(sim))
     run = asyncio.ensure_future(hooks.run(spec.with_overrides(wait="poll")))
-    await until(lambda: sim.counters.requests_for("result") == n)  # each held for a second
+    await until(lambda: sim.counters.requests_for("result") == n)  # each held for 3 s
     with Ledger.open(hooks.tmp / "out") as elsewhere:  # as `webhook serve` would, first
         for i in range(n):
             elsewhere.mark_completed(f"item{i:03d}", [], seed=1, timings=None, nsfw=None)

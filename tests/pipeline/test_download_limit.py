@@ -3,15 +3,15 @@
 import pytest
 
 import batch.pipeline.item as item_module
-from batch.pipeline.item import MIN_DOWNLOADS, download_limit
+from batch.pipeline.item import MAX_DOWNLOADS, MIN_DOWNLOADS, download_limit
 from batch.pipeline.run import EXIT_OK
 from batch.sim import FaultPlan, FaultRule
 
 
-def test_download_limit_is_half_the_slots_and_at_least_the_minimum():
-    assert download_limit(2) == MIN_DOWNLOADS
-    assert download_limit(40) == max(MIN_DOWNLOADS, 20)
-    assert download_limit(200) == 100
+def test_download_limit_is_half_the_slots_within_its_floor_and_ceiling():
+    assert download_limit(2) == MIN_DOWNLOADS == 16
+    assert download_limit(40) == 20
+    assert download_limit(1000) == MAX_DOWNLOADS == 64
 
 
 @pytest.mark.parametrize("concurrency", [8, 40])
