@@ -170,6 +170,8 @@ class WebhookService:
                 QueueClient(
                     base_url=self.spec.queue,
                     credentials=self._credentials or credentials_from_env(),
+                    # room for every download and as many result fetches beside them
+                    max_connections=max(100, 2 * download_limit(self.spec.concurrency)),
                 )
             )
             self.ctx = ItemContext(

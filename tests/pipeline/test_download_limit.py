@@ -11,7 +11,8 @@ from batch.sim import FaultPlan, FaultRule
 def test_download_limit_is_half_the_slots_within_its_floor_and_ceiling():
     assert download_limit(2) == MIN_DOWNLOADS == 16
     assert download_limit(40) == 20
-    assert download_limit(1000) == MAX_DOWNLOADS == 64
+    assert download_limit(200) == 100
+    assert download_limit(1000) == MAX_DOWNLOADS == 128
 
 
 @pytest.mark.parametrize("concurrency", [8, 40])
