@@ -58,8 +58,8 @@ def measure(phase: str, manifest: Path, output: Path) -> dict[str, Any]:
     """One phase, in this (fresh) process: its wall time, item counts and peak RSS."""
     from batch import JobSpec, run_job
     from batch.ledger import Ledger
-    from batch.localfiles import LocalFiles
     from batch.manifest import scan
+    from batch.manifest.localfiles import LocalFiles
     from batch.pipeline.planning import plan_run
 
     spec = JobSpec.for_manifest(manifest, output=output)

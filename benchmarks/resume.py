@@ -75,7 +75,7 @@ def finished_job(manifest: Path, output: Path) -> float:
         conn.execute("COMMIT")
     finally:
         conn.close()
-    from batch.report import write_report_quietly
+    from batch.report.sheet import write_report_quietly
 
     with Ledger.open(output) as ledger:
         ledger.export(output)

@@ -12,10 +12,10 @@ import pytest
 from support import PlanItem, png_uri
 
 from batch.ledger import Ledger
-from batch.localfiles import LOCAL_PREFIX, LocalFile
+from batch.manifest.localfiles import LOCAL_PREFIX, LocalFile
+from batch.manifest.pricing import Estimate
 from batch.pipeline import budget
 from batch.pipeline.budget import work_estimate, work_estimate_by_rows
-from batch.pricing import Estimate
 
 ENDPOINT = "fal-ai/firered-image-edit"
 SHA = "ab" * 32  # a local file the ledger knows: 800×500

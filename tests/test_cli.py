@@ -21,7 +21,7 @@ async def _cli(*args: str, key: str = TEST_KEY, cwd=None) -> tuple[int, str, str
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "batch.cli",
+        "batch",
         *args,
         env=env,
         cwd=cwd,

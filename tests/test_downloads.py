@@ -18,11 +18,11 @@ from aiohttp import web
 from PIL import Image
 from support import leftovers
 
-import batch.downloads as downloads_module
-import batch.durable as durable
-from batch.downloads import DownloadError, describe_url, download_image
-from batch.durable import temp_path
-from batch.outputs import OutputRecord, verify_outputs
+import batch.outputs.downloads as downloads_module
+import batch.outputs.durable as durable
+from batch.outputs.downloads import DownloadError, describe_url, download_image
+from batch.outputs.durable import temp_path
+from batch.outputs.naming import OutputRecord, verify_outputs
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SAMPLE_JPEG = Path("/work/shared/data/sample-images/chelsea.jpg")

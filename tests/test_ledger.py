@@ -25,7 +25,7 @@ from batch.ledger import (
 )
 from batch.ledger import migrations as mig
 from batch.ledger.export import FIELDS
-from batch.outputs import OutputRecord
+from batch.outputs.naming import OutputRecord
 
 ENDPOINT = "fal-ai/firered-image-edit"
 

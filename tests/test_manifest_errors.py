@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from batch.localfiles import LocalFileError
 from batch.manifest import ManifestError, iter_items, resolve_image_ref, scan
 from batch.manifest.fields import ImageRefError
+from batch.manifest.localfiles import LocalFileError
 
 DATA = Path(__file__).parent / "data" / "manifests"
 ITEM = '"image_urls": ["https://img.test/a.png"]'

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from support import leftovers, png_bytes
 
-from batch.outputs import (
+from batch.outputs.naming import (
     OutputRecord,
     check_output_path,
     cleanup_temp_files,
@@ -135,10 +135,12 @@ def test_safe_name_rejects_unknown_fields_clearly() -> None:
 
 def test_validate_template_checks_fields_before_a_run() -> None:
     validate_template("{key}-{index}-{seed}.{ext}")
-    with pytest.raises(ValueError, match="unknown field 'prompt'"):
+    with pytest.raises(ValueError, match=r"unknown field \{prompt\}"):
         validate_template("{prompt}-{index}.{ext}")
     with pytest.raises(ValueError, match="must contain"):
         validate_template("{key}.{ext}")
+    with pytest.raises(ValueError, match="inside the output folder"):
+        validate_template("../{key}-{index}.{ext}")
 
 
 def test_ext_for_content_types_and_urls() -> None:

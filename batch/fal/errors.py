@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from batch.errors import BatchError, ExitCode
 
-class FalError(Exception):
+
+class FalError(BatchError):
     """Base of every error the client raises."""
 
     def __init__(
@@ -84,6 +86,8 @@ class StartTimeoutError(PermanentError):
 
 class AuthError(FalError):
     """401 or 403: the key is missing, wrong or not allowed."""
+
+    exit_code = ExitCode.AUTH
 
 
 _KINDS = {

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from batch.durable import atomic_writer
+from batch.outputs.durable import atomic_writer
 
 CSV_NAME = "results.csv"
 JSONL_NAME = "results.jsonl"

@@ -12,6 +12,8 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Any, Protocol
 
+from batch.errors import BatchError
+
 
 class ItemState(StrEnum):
     pending = "pending"
@@ -20,7 +22,7 @@ class ItemState(StrEnum):
     failed = "failed"
 
 
-class LedgerError(Exception):
+class LedgerError(BatchError):
     """Base of the ledger's own errors."""
 
 

@@ -40,7 +40,7 @@ from batch.ledger.models import (
 from batch.ledger.plan import LOOKUP, Hasher, chunked, plan_items
 from batch.ledger.tx import transaction
 from batch.ledger.uploads import UploadCache
-from batch.outputs import OutputRecord, check_output_path
+from batch.outputs.naming import OutputRecord, check_output_path
 
 LEDGER_FILE = "ledger.sqlite"
 _COLS = ", ".join(ITEM_COLUMNS)

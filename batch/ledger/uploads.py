@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from batch.ledger.tx import transaction
-from batch.localfiles import LocalFile
+from batch.manifest.localfiles import LocalFile
 
 _FILE_COLUMNS = "sha256, path, size, mtime_ns, ctime_ns, content_type, width, height"
 

@@ -18,25 +18,70 @@ gives what the model gives, in a fraction of the time (`batch.manifest.payload`)
 An item's key is its ``id`` if given, else ``h`` + 20 hex digits of `request_hash`. Identical
 rows collapse into one item with a warning; two different requests with the same ``id`` are an
 error.
+
+Job files are YAML too: `batch.job` reads them with this part's YAML reader (line numbers for
+every node) and reports problems with its formatting. This part imports only `batch.schema`,
+`batch.errors` and third-party libraries.
 """
 
-from batch.manifest.errors import ManifestError
+from batch.manifest.errors import (
+    NESTED_ERROR,
+    ManifestError,
+    display_path,
+    format_loc,
+    validation_problems,
+)
 from batch.manifest.fields import ImageRefError, check_fields, resolve_image_ref, validate_id
 from batch.manifest.items import EditItem, request_hash
+from batch.manifest.localfiles import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MEGAPIXELS,
+    ImageLimits,
+    LocalFile,
+    LocalFiles,
+)
+from batch.manifest.pricing import BudgetSpec, Estimate, PriceSpec, usd
 from batch.manifest.scan import Manifest, ManifestCheck, ManifestScan, iter_items, load, scan
+from batch.manifest.yamlfile import (
+    YamlFileError,
+    compose_file,
+    construct,
+    duplicate_keys,
+    find_line,
+    line_of,
+)
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_MEGAPIXELS",
+    "NESTED_ERROR",
+    "BudgetSpec",
     "EditItem",
+    "Estimate",
+    "ImageLimits",
     "ImageRefError",
+    "LocalFile",
+    "LocalFiles",
     "Manifest",
     "ManifestCheck",
     "ManifestError",
     "ManifestScan",
+    "PriceSpec",
+    "YamlFileError",
     "check_fields",
+    "compose_file",
+    "construct",
+    "display_path",
+    "duplicate_keys",
+    "find_line",
+    "format_loc",
     "iter_items",
+    "line_of",
     "load",
     "request_hash",
     "resolve_image_ref",
     "scan",
+    "usd",
     "validate_id",
+    "validation_problems",
 ]

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from batch.errors import InvalidInputError
+
 Loc = tuple[str | int, ...]
 FieldProblem = tuple[Loc, str]  # (field path, reason): a problem not yet placed in a file
 
@@ -97,7 +99,7 @@ def validation_problems(exc: ValidationError) -> list[FieldProblem]:
     return out
 
 
-class ManifestError(ValueError):
+class ManifestError(InvalidInputError):
     """A manifest that cannot be run as it is. ``str()`` lists the errors one per line.
 
     ``errors`` holds at most `MAX_MESSAGES` lines; ``omitted`` counts the rest.

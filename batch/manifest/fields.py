@@ -17,14 +17,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from batch.localfiles import (
+from batch.manifest.errors import FieldProblem, validation_problems
+from batch.manifest.localfiles import (
     LocalFileError,
     LocalFiles,
     default_files,
     expand,
     local_sha,
 )
-from batch.manifest.errors import FieldProblem, validation_problems
 from batch.schema import EditInput, ImageSize, ImageSizePreset
 
 FIELDS = frozenset(EditInput.model_fields)
@@ -61,7 +61,7 @@ def resolve_image_ref(ref: str, base_dir: Path, files: LocalFiles | None = None)
     A URL (``http://``, ``https://``) or a ``data:`` URI is kept as it is. Anything else is a
     local path, a folder or a glob, relative to ``base_dir`` (the manifest's folder): each file
     it names is read, checked and registered in ``files`` (by default the process-wide
-    `default_files`), and stands as ``local:sha256:<hex>`` (see `batch.localfiles`). A
+    `default_files`), and stands as ``local:sha256:<hex>`` (see `batch.manifest.localfiles`). A
     ``local:sha256:`` reference already registered is kept.
 
     Raises `ImageRefError` for an entry that is neither (reported at ``image_urls[i]``) and

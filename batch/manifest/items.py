@@ -19,9 +19,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from batch.localfiles import LocalFiles
 from batch.manifest.errors import FieldProblem, validation_problems
 from batch.manifest.fields import faulty_fields, normalize_in_place, validate_id
+from batch.manifest.localfiles import LocalFiles
 from batch.manifest.payload import PayloadShortcut, payload_shortcut
 from batch.schema import EditInput
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-from batch.localfiles import LocalFiles
 from batch.manifest.errors import Problem
 from batch.manifest.fields import FIELDS, IMAGE_ALIASES, IMAGE_FIELD
+from batch.manifest.localfiles import LocalFiles
 
 
 class Row(NamedTuple):

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch.localfiles import LOCAL_PREFIX, ImageLimits, LocalFiles
 from batch.manifest.errors import ManifestError, Messages, Problem, display_path, format_loc
 from batch.manifest.fields import check_fields
 from batch.manifest.items import EditItem, SeenKeys, build_item
+from batch.manifest.localfiles import LOCAL_PREFIX, ImageLimits, LocalFiles
+from batch.manifest.pricing import Estimate, output_basis, size_pixels
 from batch.manifest.readers import Defaults, Event, ReadContext, Row, read_csv, read_jsonl
 from batch.manifest.yaml_reader import read_yaml
-from batch.pricing import Estimate, output_basis, size_pixels
 from batch.schema import DEFAULT_ENDPOINT
 
 PathLike = str | os.PathLike[str]
@@ -62,7 +62,7 @@ class ManifestScan:
     warnings: tuple[str, ...] = ()
     omitted_errors: int = 0
     omitted_warnings: int = 0
-    # For cost: sizes taken from local or inline inputs too (`batch.pricing.Estimate`).
+    # For cost: sizes taken from local or inline inputs too (`batch.manifest.pricing.Estimate`).
     estimate: Estimate = field(default_factory=Estimate)
 
     def describe(self) -> str:

@@ -38,7 +38,6 @@ from typing import Any
 
 import yaml
 
-from batch.localfiles import LocalFileError, default_files
 from batch.manifest.errors import FieldProblem, Problem
 from batch.manifest.fields import (
     IMAGE_ALIASES,
@@ -50,6 +49,7 @@ from batch.manifest.fields import (
     resolve_image_ref,
     validate_id,
 )
+from batch.manifest.localfiles import LocalFileError, default_files
 from batch.manifest.readers import Defaults, Event, ReadContext, Row
 from batch.manifest.yamlfile import (
     YamlFileError,

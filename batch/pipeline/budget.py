@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from batch.ledger import REATTACH_KINDS, ItemRow, Ledger
-from batch.pricing import BudgetSpec, Estimate, PriceSpec, output_basis, usd
+from batch.manifest.pricing import BudgetSpec, Estimate, PriceSpec, output_basis, usd
 
 UNKNOWN_IMAGE_PIXELS = 1_000_000
 _EPSILON = 1e-9  # so that 5 × $0.01 fits in a $0.05 budget

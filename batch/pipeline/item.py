@@ -22,7 +22,6 @@ import aiohttp
 from pydantic import ValidationError
 
 from batch.crashpoints import crashpoint
-from batch.downloads import DownloadError, Publisher, download_image
 from batch.fal import (
     AmbiguousSubmitError,
     AuthError,
@@ -37,7 +36,8 @@ from batch.fal import (
 )
 from batch.ledger import InvalidTransitionError, ItemRow, Ledger
 from batch.ledger.group import GroupCommit
-from batch.outputs import OutputRecord, safe_name
+from batch.outputs.downloads import DownloadError, Publisher, download_image
+from batch.outputs.naming import OutputRecord, safe_name
 from batch.pipeline.admission import Admission
 from batch.pipeline.budget import Budget
 from batch.pipeline.events import RunStats

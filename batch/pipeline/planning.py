@@ -20,16 +20,17 @@ import json
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
+from batch.errors import InvalidInputError
 from batch.job import JobSpec
 from batch.ledger import Ledger, PlanResult
-from batch.localfiles import LocalFiles
 from batch.manifest import ManifestCheck
+from batch.manifest.localfiles import LocalFiles
 
 FINGERPRINT = "plan_fingerprint"
 PLAN_COUNTS = "plan_counts"
 
 
-class ChangedRowsError(ValueError):
+class ChangedRowsError(InvalidInputError):
     """Rows whose id is known with a different request; nothing was sent."""
 
     def __init__(self, lines: list[str]) -> None:

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batch.errors import ExitCode
 from batch.fal import AuthError, Credentials, QueueClient, credentials_from_env
 from batch.job import JobSpec
 from batch.ledger import Ledger
 from batch.ledger.group import GroupCommit
-from batch.lock import run_lock
-from batch.outputs import cleanup_temp_files, validate_template
+from batch.outputs.lock import run_lock
+from batch.outputs.naming import cleanup_temp_files
 from batch.pipeline.admission import Admission
 from batch.pipeline.budget import cost_lines, make_budget
-from batch.pipeline.collector import fewer_collections
 from batch.pipeline.dispatch import Dispatcher, StopSignal
 from batch.pipeline.events import NullProgress, Progress, RunStats
 from batch.pipeline.item import ItemContext, download_limit
@@ -39,18 +39,16 @@ from batch.pipeline.webhook_wait import (
     submit_webhook_url,
     webhook_waits,
 )
-from batch.report import REPORT_NAME, write_report_quietly
+from batch.report.sheet import REPORT_NAME, write_report_quietly
 
 log = logging.getLogger("batch.run")
-
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_AUTH, EXIT_STOPPED, EXIT_LOCKED = 0, 1, 2, 3, 4, 5
 
 
 @dataclass
 class RunSummary:
     name: str
     output_dir: Path
-    exit_code: int
+    exit_code: ExitCode
     counts: dict[str, int] = field(default_factory=dict)
     plan: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
@@ -123,16 +121,15 @@ async def run_job(
     """Run (or resume) a job to the end.
 
     Raises ManifestError / JobError / ChangedRowsError for invalid input (nothing is sent then)
-    and LockedError when another run holds the output folder. `detach`: submit everything
+    and LockHeldError when another run holds the output folder. `detach`: submit everything
     with webhooks to `webhook.public_url` and return (`webhook serve` collects the results).
     """
     started = time.monotonic()
     progress = progress or NullProgress()
-    validate_template(spec.filename)
     if detach:
         check_detach(spec)
     output_dir = spec.output
-    summary = RunSummary(spec.name, output_dir, EXIT_OK)
+    summary = RunSummary(spec.name, output_dir, ExitCode.OK)
     with run_lock(output_dir), Ledger.open(output_dir) as ledger:
         removed = cleanup_temp_files(output_dir)
         if removed:
@@ -151,7 +148,6 @@ async def run_job(
             with (
                 _signals(stop, handle_signals),
                 _deadline(stop, max_runtime),
-                fewer_collections(),
                 ledger.background_checkpoints(),  # WAL checkpoints off the event loop
             ):
                 # A finished job makes no connection at all.
@@ -161,10 +157,10 @@ async def run_job(
             summary.message = _message(stop)
             if detach and not stop.draining.is_set():
                 counts = ledger.counts()
-                summary.exit_code = EXIT_FAILED if counts["failed"] else EXIT_OK
+                summary.exit_code = ExitCode.FAILED if counts["failed"] else ExitCode.OK
                 summary.message = detached_message(counts)
         except AuthError as exc:
-            summary.exit_code, summary.message = EXIT_AUTH, f"refused by fal: {exc}"
+            summary.exit_code, summary.message = ExitCode.AUTH, f"refused by fal: {exc}"
         finally:
             progress.close(stats)
             summary.stats = stats.as_dict()
@@ -338,13 +334,13 @@ def _work_left(ledger: Ledger) -> bool:
     return next(ledger.iter_work(batch_size=1), None) is not None
 
 
-def _exit_code(counts: dict[str, int], stop: StopSignal, work_left: bool) -> int:
+def _exit_code(counts: dict[str, int], stop: StopSignal, work_left: bool) -> ExitCode:
     """4 when anything is left to do (stopped early); else 1 if any item failed; else 0."""
     if stop.draining.is_set():
-        return EXIT_STOPPED
+        return ExitCode.STOPPED
     if work_left:
-        return EXIT_STOPPED
-    return EXIT_FAILED if counts.get("failed", 0) else EXIT_OK
+        return ExitCode.STOPPED
+    return ExitCode.FAILED if counts.get("failed", 0) else ExitCode.OK
 
 
 def _max_usd(spec: JobSpec) -> float | None:

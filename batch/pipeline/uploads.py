@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from batch.errors import BatchError
 from batch.fal import (
     ContentChangedError,
     QueueClient,
@@ -37,7 +38,7 @@ from batch.fal import (
 from batch.job import JobSpec
 from batch.ledger import Ledger
 from batch.ledger.uploads import UploadCache
-from batch.localfiles import LocalFile, local_sha
+from batch.manifest.localfiles import LocalFile, local_sha
 from batch.pipeline.policy import RetryPolicy
 
 log = logging.getLogger("batch.uploads")
@@ -46,7 +47,7 @@ DATA_URI_MAX_BYTES = 4 * 1024 * 1024
 InputsMode = Literal["upload", "data-uri"]
 
 
-class InputFileError(Exception):
+class InputFileError(BatchError):
     """A local input that cannot be sent: unknown, removed, unreadable or changed."""
 
 

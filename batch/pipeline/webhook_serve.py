@@ -24,13 +24,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from batch.cli.collector import fewer_collections
 from batch.fal import AuthError, Credentials, QueueClient, RequestHandle, credentials_from_env
 from batch.fal.webhooks import JwksCache, WebhookDelivery, WebhookReceiver
 from batch.job import JobError, JobSpec
 from batch.ledger import LEDGER_FILE, ItemRow, Ledger
 from batch.ledger.group import GroupCommit
 from batch.pipeline.admission import Admission
-from batch.pipeline.collector import fewer_collections
 from batch.pipeline.events import RunStats
 from batch.pipeline.item import ItemContext, download_limit, finish_item
 from batch.pipeline.policy import RetryPolicy

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from batch.pipeline.collector import fewer_collections
+from batch.cli.collector import fewer_collections
 
 
 def test_a_run_collects_less_often_and_the_setting_comes_back_after_overlapping_runs() -> None:

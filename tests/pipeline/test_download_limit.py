@@ -3,8 +3,8 @@
 import pytest
 
 import batch.pipeline.item as item_module
+from batch.errors import ExitCode
 from batch.pipeline.item import MAX_DOWNLOADS, MIN_DOWNLOADS, download_limit
-from batch.pipeline.run import EXIT_OK
 from batch.sim import FaultPlan, FaultRule
 
 
@@ -39,7 +39,7 @@ async def test_downloads_fill_their_limit_and_never_pass_it(runner, monkeypatch,
     )
     n = 3 * download_limit(concurrency)
     summary = await runner.run(runner.spec(runner.manifest(n), concurrency=concurrency))
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     assert summary.counts["completed"] == n
     assert peak == download_limit(concurrency)
     assert running == 0

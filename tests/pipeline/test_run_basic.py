@@ -6,8 +6,8 @@ import json
 
 from support import png_uri
 
+from batch.errors import ExitCode
 from batch.ledger import Ledger
-from batch.pipeline.run import EXIT_FAILED, EXIT_OK
 
 
 def _sha(path) -> str:
@@ -17,7 +17,7 @@ def _sha(path) -> str:
 async def test_run_completes_every_item_with_verified_files(runner):
     sim = await runner.start()
     summary = await runner.run(runner.spec(runner.manifest(12)))
-    assert summary.exit_code == EXIT_OK
+    assert summary.exit_code == ExitCode.OK
     assert summary.counts["completed"] == 12
     out = runner.tmp / "out"
     with Ledger.open(out) as ledger:
@@ -40,10 +40,10 @@ async def test_second_run_sends_nothing(runner):
     """Resume of a finished job: zero API calls, same files."""
     sim = await runner.start()
     spec = runner.spec(runner.manifest(5))
-    assert (await runner.run(spec)).exit_code == EXIT_OK
+    assert (await runner.run(spec)).exit_code == ExitCode.OK
     before = sim.counters.snapshot()["requests"]
     again = await runner.run(spec)
-    assert again.exit_code == EXIT_OK and again.stats["submits"] == 0
+    assert again.exit_code == ExitCode.OK and again.stats["submits"] == 0
     assert sim.counters.snapshot()["requests"] == before
 
 
@@ -51,7 +51,7 @@ async def test_stream_mode_and_multiple_images(runner):
     sim = await runner.start(capacity=2, latency="fixed:0.05", ping_interval_s=0.02)
     spec = runner.spec(runner.manifest(4, num_images=2, output_format="jpeg"), wait="stream")
     summary = await runner.run(spec)
-    assert summary.exit_code == EXIT_OK
+    assert summary.exit_code == ExitCode.OK
     images = sorted(p.name for p in (runner.tmp / "out" / "images").iterdir())
     assert images == sorted(f"item{i:03d}_{k}.jpg" for i in range(4) for k in range(2))
     assert sim.counters.requests_for("stream") == 4
@@ -77,9 +77,9 @@ async def test_yaml_and_jsonl_manifests_with_unicode(runner):
         encoding="utf-8",
     )
     first = await runner.run(runner.spec(yaml_path, output=runner.tmp / "y"))
-    assert first.exit_code == EXIT_OK and first.counts["completed"] == 4
+    assert first.exit_code == ExitCode.OK and first.counts["completed"] == 4
     second = await runner.run(runner.spec(jsonl_path, output=runner.tmp / "j"))
-    assert second.exit_code == EXIT_OK
+    assert second.exit_code == ExitCode.OK
     rows = list(
         csv.DictReader((runner.tmp / "j" / "results.csv").read_text(encoding="utf-8").splitlines())
     )
@@ -94,7 +94,7 @@ async def test_permanent_failure_is_recorded_with_detail(runner):
     bad = {"id": "bad", "prompt": "broken image", "image_urls": ["data:image/png;base64,AAAA"]}
     manifest.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n", encoding="utf-8")
     summary = await runner.run(runner.spec(manifest))
-    assert summary.exit_code == EXIT_FAILED
+    assert summary.exit_code == ExitCode.FAILED
     assert summary.counts == {"pending": 0, "submitted": 0, "completed": 1, "failed": 1}
     with Ledger.open(runner.tmp / "out") as ledger:
         row = ledger.get("bad")
@@ -106,7 +106,7 @@ async def test_permanent_failure_is_recorded_with_detail(runner):
 async def test_dry_run_sends_nothing(runner):
     sim = await runner.start()
     summary = await runner.run(runner.spec(runner.manifest(3)), dry_run=True)
-    assert summary.plan["new"] == 3 and summary.exit_code == EXIT_OK
+    assert summary.plan["new"] == 3 and summary.exit_code == ExitCode.OK
     assert sim.counters.snapshot()["requests"] == {}
 
 
@@ -115,13 +115,13 @@ async def test_resume_of_a_finished_job_keeps_its_exports(runner):
     file makes the run write them all."""
     await runner.start()
     spec = runner.spec(runner.manifest(4))
-    assert (await runner.run(spec)).exit_code == EXIT_OK
+    assert (await runner.run(spec)).exit_code == ExitCode.OK
     out = runner.tmp / "out"
     derived = [out / "results.csv", out / "results.jsonl", out / "report.html"]
     before = [path.stat().st_mtime_ns for path in derived]
-    assert (await runner.run(spec)).exit_code == EXIT_OK
+    assert (await runner.run(spec)).exit_code == ExitCode.OK
     assert [path.stat().st_mtime_ns for path in derived] == before
     (out / "report.html").unlink()
-    assert (await runner.run(spec)).exit_code == EXIT_OK
+    assert (await runner.run(spec)).exit_code == ExitCode.OK
     assert all(path.exists() for path in derived)
     assert (out / "results.csv").stat().st_mtime_ns > before[0]

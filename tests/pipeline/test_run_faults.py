@@ -5,8 +5,8 @@ import logging
 
 from support import TEST_KEY
 
+from batch.errors import ExitCode
 from batch.ledger import Ledger, request_hash
-from batch.pipeline.run import EXIT_AUTH, EXIT_OK
 from batch.sim import FaultPlan, FaultRule
 
 
@@ -49,7 +49,7 @@ async def test_storm_of_transport_faults_loses_nothing(runner):
     )
     n = 40
     summary = await runner.run(runner.spec(runner.manifest(n)))
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     duplicates = _check_no_resubmission(sim, runner.tmp / "out", n)
     assert sim.counters.faults_injected("drop_after") >= 1
     assert summary.stats["possible_duplicates"] >= sim.counters.faults_injected("drop_after")
@@ -65,7 +65,7 @@ async def test_failed_downloads_are_retried_without_resubmitting(runner):
         )
     )
     summary = await runner.run(runner.spec(runner.manifest(15)))
-    assert summary.exit_code == EXIT_OK
+    assert summary.exit_code == ExitCode.OK
     assert _check_no_resubmission(sim, runner.tmp / "out", 15) == 0
     assert sim.counters.faults_injected(route="files") >= 1
 
@@ -76,7 +76,7 @@ async def test_transient_job_errors_are_resubmitted(runner):
         faults=_rules(FaultRule(kind="job_error", route="submit", transient=True, rate=0.3))
     )
     summary = await runner.run(runner.spec(runner.manifest(20)))
-    assert summary.exit_code == EXIT_OK
+    assert summary.exit_code == ExitCode.OK
     failed_jobs = sum(1 for job in sim.jobs if job.error_type)
     assert failed_jobs >= 1
     assert sim.counters.accepted_submits == 20 + failed_jobs
@@ -86,7 +86,7 @@ async def test_transient_job_errors_are_resubmitted(runner):
 async def test_expired_results_are_submitted_again(runner):
     sim = await runner.start(faults=_rules(FaultRule(kind="expire", route="result", max=2)))
     summary = await runner.run(runner.spec(runner.manifest(6)))
-    assert summary.exit_code == EXIT_OK
+    assert summary.exit_code == ExitCode.OK
     assert sim.counters.accepted_submits == 8
 
 
@@ -97,7 +97,7 @@ async def test_deadline_cancels_and_retries(runner):
         faults=_rules(FaultRule(kind="slow", route="status", delay=0.4, max=1)),
     )
     summary = await runner.run(runner.spec(runner.manifest(2), deadline=0.2))
-    assert summary.exit_code == EXIT_OK
+    assert summary.exit_code == ExitCode.OK
     assert sim.counters.requests_for("cancel") >= 1
     assert sim.counters.accepted_submits >= 3
 
@@ -110,7 +110,7 @@ async def test_auth_failure_stops_the_run(runner, caplog):
     wrong = "wrong-key-0xdeadbeef"
     with caplog.at_level(logging.DEBUG):
         summary = await runner.run(runner.spec(runner.manifest(5)), credentials=Credentials(wrong))
-    assert summary.exit_code == EXIT_AUTH
+    assert summary.exit_code == ExitCode.AUTH
     assert "refused by fal" in summary.message and wrong not in summary.message
     assert sim.counters.requests_for("submit") <= 8  # stopped, not retried per item
     assert wrong not in caplog.text and TEST_KEY not in caplog.text
@@ -121,7 +121,7 @@ async def test_key_never_written_or_logged(runner, caplog, capsys):
     await runner.start(faults=_rules(FaultRule(kind="http_error", route="any", rate=0.1)))
     with caplog.at_level(logging.DEBUG):
         summary = await runner.run(runner.spec(runner.manifest(8)))
-    assert summary.exit_code == EXIT_OK
+    assert summary.exit_code == ExitCode.OK
     captured = capsys.readouterr()
     for path in (runner.tmp / "out").rglob("*"):
         if path.is_file():

@@ -9,9 +9,9 @@ import sys
 import pytest
 from support import TEST_KEY, item_rows
 
+from batch.errors import ExitCode
 from batch.ledger import Ledger
-from batch.outputs import verify_outputs
-from batch.pipeline.run import EXIT_OK, EXIT_STOPPED
+from batch.outputs.naming import verify_outputs
 
 # Prices under which every item of `item_rows` costs $0.01.
 PRICES = [
@@ -46,7 +46,7 @@ async def test_budget_stops_admitting_exits_4_and_a_higher_budget_resumes(make_r
 
     first = await runner.run(runner.spec(price=price, budget={"max_usd": 0.05}))
 
-    assert first.exit_code == EXIT_STOPPED
+    assert first.exit_code == ExitCode.STOPPED
     assert first.message.startswith("stopped by the budget: $0.05 spent or in flight")
     assert "raise budget.max_usd to continue" in first.message
     assert runner.sim.counters.accepted_submits == 5
@@ -60,11 +60,11 @@ async def test_budget_stops_admitting_exits_4_and_a_higher_budget_resumes(make_r
     assert (runner.out / "report.html").is_file()
 
     again = await runner.run(runner.spec(price=price, budget={"max_usd": 0.05}))
-    assert again.exit_code == EXIT_STOPPED and runner.sim.counters.accepted_submits == 5
+    assert again.exit_code == ExitCode.STOPPED and runner.sim.counters.accepted_submits == 5
 
     raised = await runner.run(runner.spec(price=price, budget={"max_usd": 0.2}))
 
-    assert raised.exit_code == EXIT_OK, raised.text()
+    assert raised.exit_code == ExitCode.OK, raised.text()
     assert _check_consistent(runner.out, 10)["completed"] == 10
     assert runner.sim.counters.accepted_submits == 10
     assert runner.sim.counters.duplicate_submits() == {}
@@ -76,7 +76,7 @@ async def test_unknown_output_sizes_are_held_at_a_megapixel(make_runner):
     runner = await make_runner()
     runner.write([{"id": "r", "prompt": "x", "image_urls": ["https://example.com/big.png"]}])
     summary = await runner.run(runner.spec(price={"per_megapixel": 1.0}, budget={"max_usd": 0.5}))
-    assert summary.exit_code == EXIT_STOPPED
+    assert summary.exit_code == ExitCode.STOPPED
     assert "the next item (r) would cost $1.00" in summary.message
     assert runner.sim.counters.accepted_submits == 0
 
@@ -94,7 +94,7 @@ async def test_budget_stop_from_the_command_line(make_runner, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
     env["FAL_KEY"] = TEST_KEY
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "batch.cli", "run", str(job), env=env,
+        sys.executable, "-m", "batch", "run", str(job), env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), timeout=50)

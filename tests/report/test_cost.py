@@ -10,7 +10,7 @@ from support import png_uri, write_csv
 
 from batch.cli import main
 from batch.job import JobError, load_job
-from batch.pricing import Estimate, PriceSpec, output_basis, usd
+from batch.manifest.pricing import Estimate, PriceSpec, output_basis, usd
 
 ROWS = [
     # 2 outputs of 1000×1000: 2 MP

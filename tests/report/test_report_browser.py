@@ -10,8 +10,8 @@ from PIL import Image
 from support import png_uri
 
 from batch.ledger import Ledger
-from batch.report import write_report
-from batch.report_page import PER_PAGE
+from batch.report.page import PER_PAGE
+from batch.report.sheet import write_report
 
 
 async def test_report_of_a_run_shows_counts_thumbnails_and_filters(make_runner, chromium, rows):

@@ -14,9 +14,9 @@ from support import png_uri
 
 from batch.cli import main
 from batch.ledger import Ledger
-from batch.localfiles import LOCAL_PREFIX, LocalFile
-from batch.outputs import OutputRecord
-from batch.report import write_report
+from batch.manifest.localfiles import LOCAL_PREFIX, LocalFile
+from batch.outputs.naming import OutputRecord
+from batch.report.sheet import write_report
 
 REMOTE = "https://example.com/photo.jpg"
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from batch.cli import main
 from batch.ledger import Ledger
-from batch.status import job_status
+from batch.report.status import job_status
 
 
 class _Item:

@@ -23,9 +23,9 @@ import pytest
 from PIL import Image
 from support import TEST_KEY, item_rows, write_csv
 
-from batch.durable import TEMP_PREFIX
 from batch.ledger import ItemRow, Ledger
-from batch.outputs import output_path, sha256_file
+from batch.outputs.durable import TEMP_PREFIX
+from batch.outputs.naming import output_path, sha256_file
 from batch.sim import Simulator
 
 # Service latency that keeps several requests in flight at once (capacity 3 < concurrency 4).

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import batch.localfiles as localfiles
+import batch.manifest.localfiles as localfiles
 from batch.cli import main
-from batch.localfiles import ImageLimits, LocalFiles
 from batch.manifest import ManifestError, scan
+from batch.manifest.localfiles import ImageLimits, LocalFiles
 
 
 def png(size: tuple[int, int] = (20, 10)) -> bytes:

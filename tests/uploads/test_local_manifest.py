@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from batch.job import JobSpec, load_job
-from batch.localfiles import LOCAL_PREFIX, ImageLimits, LocalFiles
 from batch.manifest import ManifestError, iter_items, load, scan
+from batch.manifest.localfiles import LOCAL_PREFIX, ImageLimits, LocalFiles
 
 URL = "https://img.test/a.png"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 import batch.pipeline.uploads as uploads_module
+from batch.errors import ExitCode
 from batch.job import JobSpec, load_job
 from batch.ledger import Ledger
-from batch.localfiles import LocalFiles
 from batch.manifest import ManifestError
+from batch.manifest.localfiles import LocalFiles
 from batch.pipeline.policy import NO_WAIT
-from batch.pipeline.run import EXIT_OK
 from batch.pipeline.uploads import InputFileError, Uploader
 from batch.sim import FaultPlan, FaultRule
 
@@ -39,7 +39,7 @@ async def test_a_folder_times_prompts_runs_end_to_end(runner, images):
     sim = await runner.start()
     images.folder(runner.tmp, 4)
     summary = await runner.run(runner.spec(matrix(runner.tmp, "ink", "snow", "night")))
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     assert summary.counts["completed"] == 12
     assert uploads(sim) == 4 and sim.counters.requests_for("upload") == 4
     assert sim.counters.requests_for("token") == 1
@@ -58,7 +58,7 @@ async def test_items_needing_the_same_file_share_one_upload(runner, images):
     images.folder(runner.tmp, 1)
     prompts = [f"edit {i}" for i in range(8)]
     summary = await runner.run(runner.spec(matrix(runner.tmp, *prompts)))
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     assert uploads(sim) == 1
 
 
@@ -67,13 +67,13 @@ async def test_the_cache_spans_runs_until_its_age(runner, images):
     sim = await runner.start()
     images.folder(runner.tmp, 3)
     first = await runner.run(runner.spec(matrix(runner.tmp, "a")))
-    assert first.exit_code == EXIT_OK and uploads(sim) == 3
+    assert first.exit_code == ExitCode.OK and uploads(sim) == 3
     second = await runner.run(runner.spec(matrix(runner.tmp, "a", "b")))
-    assert second.exit_code == EXIT_OK and second.plan["new"] == 3
+    assert second.exit_code == ExitCode.OK and second.plan["new"] == 3
     assert uploads(sim) == 3
     assert sim.counters.requests_for("token") == 1
     third = await runner.run(runner.spec(matrix(runner.tmp, "a", "b", "c"), upload_max_age=1e-6))
-    assert third.exit_code == EXIT_OK and third.plan["new"] == 3
+    assert third.exit_code == ExitCode.OK and third.plan["new"] == 3
     assert uploads(sim) == 6
 
 
@@ -81,7 +81,7 @@ async def test_rename_is_no_work_new_pixels_are_a_new_item(runner, images):
     sim = await runner.start()
     photos = images.folder(runner.tmp, 3)
     spec = runner.spec(matrix(runner.tmp, "a", "b"))
-    assert (await runner.run(spec)).exit_code == EXIT_OK
+    assert (await runner.run(spec)).exit_code == ExitCode.OK
     submits, sent = sim.counters.accepted_submits, uploads(sim)
     os.rename(photos / "img01.jpg", photos / "renamed.jpg")
     again = await runner.run(spec)
@@ -89,7 +89,7 @@ async def test_rename_is_no_work_new_pixels_are_a_new_item(runner, images):
     assert (sim.counters.accepted_submits, uploads(sim)) == (submits, sent)
     images.write(photos / "renamed.jpg", color=(0, 255, 0), fmt="JPEG")
     changed = await runner.run(spec)
-    assert changed.exit_code == EXIT_OK
+    assert changed.exit_code == ExitCode.OK
     assert (changed.plan["new"], changed.plan["missing"]) == (2, 2)
     assert sim.counters.accepted_submits == submits + 2
     assert uploads(sim) == sent + 1
@@ -99,7 +99,7 @@ async def test_inputs_data_uri_sends_files_inline(runner, images):
     sim = await runner.start()
     images.folder(runner.tmp, 2)
     summary = await runner.run(runner.spec(matrix(runner.tmp, "a"), inputs="data-uri"))
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     assert sim.counters.requests_for("upload") == 0
     assert sim.counters.requests_for("token") == 0
 
@@ -121,7 +121,7 @@ async def test_upload_faults_are_retried(runner, images):
     )
     images.folder(runner.tmp, 3)
     summary = await runner.run(runner.spec(matrix(runner.tmp, "a", "b")))
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     assert sim.counters.faults_injected(route="upload") == 7
     assert sim.counters.faults_injected(route="token") == 2
     with Ledger.open(runner.tmp / "out") as ledger:
@@ -189,7 +189,7 @@ async def test_queue_local_serves_uploads_too(runner, images):
         matrix(runner.tmp, "a"), queue="local", output=runner.tmp / "out", sim={"latency": "0"}
     )
     summary = await runner.run(spec, credentials=None)
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     assert summary.counts["completed"] == 2
 
 
@@ -203,5 +203,5 @@ async def test_a_job_defaults_image_is_uploaded(runner, images):
         f"output: {runner.tmp / 'out'}\ndefaults: {{image_urls: [logo.png]}}\n"
     )
     summary = await runner.run(load_job(runner.tmp / "jobs" / "j.yaml"))
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     assert uploads(sim) == 1

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from support import TEST_KEY
 
 from batch.cli import main
+from batch.errors import ExitCode
 from batch.fal import Credentials
 from batch.ledger import Ledger
-from batch.pipeline.run import EXIT_INVALID, EXIT_OK
 from batch.pipeline.webhook_serve import serve_webhooks
 from batch.sim import FaultRule, Simulator
 
@@ -37,7 +37,7 @@ async def test_detach_then_serve_collects_everything_after_receiver_downtime(hoo
     n = 12
     spec = hooks.spec(hooks.manifest(n))
     summary = await hooks.run(spec, detach=True)
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     assert summary.counts["submitted"] == n and "detached" in summary.message
     counters = sim.counters
     assert counters.requests_for("status") == counters.requests_for("result") == 0
@@ -56,14 +56,14 @@ async def test_detach_then_serve_collects_everything_after_receiver_downtime(hoo
     assert (hooks.tmp / "out" / "results.csv").read_text().count(",completed,") == n
 
     again = await hooks.run(spec.with_overrides(wait="poll"))
-    assert again.exit_code == EXIT_OK and again.stats["submits"] == 0
+    assert again.exit_code == ExitCode.OK and again.stats["submits"] == 0
 
 
 async def test_lost_webhooks_of_a_detached_run_are_collected_by_the_next_run(hooks):
     sim = await hooks.start(faults=hooks.plan(FaultRule(kind="webhook_lost", rate=0.3)))
     n = 20
     spec = hooks.spec(hooks.manifest(n))
-    assert (await hooks.run(spec, detach=True)).exit_code == EXIT_OK
+    assert (await hooks.run(spec, detach=True)).exit_code == ExitCode.OK
     service = await hooks.service(spec)  # deliveries that failed meanwhile are retried
     await until(lambda: all_jobs_done(sim))
     await sim.webhooks.idle()
@@ -73,7 +73,7 @@ async def test_lost_webhooks_of_a_detached_run_are_collected_by_the_next_run(hoo
     assert service.ctx.stats.completed == n - len(lost)
 
     summary = await hooks.run(spec.with_overrides(wait="poll"))
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     assert summary.counts["completed"] == n and summary.stats["submits"] == 0
     polled = {r.request_id for r in sim.jobs if sim.counters.status_calls_for(r.request_id)}
     assert polled == lost
@@ -84,7 +84,7 @@ async def test_serve_and_a_reattaching_run_racing_finalize_each_item_once(hooks)
     sim = await hooks.start(latency="fixed:0.02")
     n = 30
     spec = hooks.spec(hooks.manifest(n))
-    assert (await hooks.run(spec, detach=True)).exit_code == EXIT_OK
+    assert (await hooks.run(spec, detach=True)).exit_code == ExitCode.OK
     await until(lambda: all_jobs_done(sim) and sim.counters.webhooks["failed_attempts"] >= n)
     # Now both at once: the receiver comes up (deliveries are retried) while a run polls.
     run = asyncio.ensure_future(hooks.run(spec.with_overrides(wait="poll")))
@@ -92,7 +92,7 @@ async def test_serve_and_a_reattaching_run_racing_finalize_each_item_once(hooks)
     summary = await run
     await sim.webhooks.idle()
     await service.collector.drain()
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     with Ledger.open(hooks.tmp / "out") as ledger:
         assert ledger.counts()["completed"] == n
         assert all(len(ledger.outputs(f"item{i:03d}")) == 1 for i in range(n))
@@ -107,7 +107,7 @@ async def test_a_reattached_item_finished_elsewhere_meanwhile_is_not_downloaded(
     sim = await hooks.start(faults=hooks.plan(FaultRule(kind="slow", route="result", delay=3.0)))
     n = 3
     spec = hooks.spec(hooks.manifest(n))
-    assert (await hooks.run(spec, detach=True)).exit_code == EXIT_OK
+    assert (await hooks.run(spec, detach=True)).exit_code == ExitCode.OK
     await until(lambda: all_jobs_done(sim))
     run = asyncio.ensure_future(hooks.run(spec.with_overrides(wait="poll")))
     await until(lambda: sim.counters.requests_for("result") == n)  # each held for 3 s
@@ -115,7 +115,7 @@ async def test_a_reattached_item_finished_elsewhere_meanwhile_is_not_downloaded(
         for i in range(n):
             elsewhere.mark_completed(f"item{i:03d}", [], seed=1, timings=None, nsfw=None)
     summary = await run
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     assert summary.counts["completed"] == n and summary.stats["completed"] == 0
     assert sim.counters.requests_for("files") == 0
 
@@ -125,16 +125,16 @@ def test_cli_refuses_detach_without_a_remote_queue_or_a_public_url(tmp_path):
     manifest.write_text("prompt,image_urls\nsnow,https://example.com/a.png\n")
     runner = CliRunner()
     local = runner.invoke(main, ["run", str(manifest), "--queue-url", "local", "--detach"])
-    assert local.exit_code == EXIT_INVALID and "--detach" in local.output
+    assert local.exit_code == ExitCode.INVALID and "--detach" in local.output
     remote = ["run", str(manifest), "--queue-url", "http://127.0.0.1:9", "--detach"]
     no_url = runner.invoke(main, remote)
-    assert no_url.exit_code == EXIT_INVALID and "webhook.public_url" in no_url.output
+    assert no_url.exit_code == ExitCode.INVALID and "webhook.public_url" in no_url.output
     webhook = ["run", str(manifest), "--queue-url", "http://127.0.0.1:9", "--wait", "webhook"]
     unreachable = runner.invoke(main, webhook)
-    assert unreachable.exit_code == EXIT_INVALID
+    assert unreachable.exit_code == ExitCode.INVALID
     assert "webhook.public_url" in unreachable.output and "webhook.listen" in unreachable.output
     serve = runner.invoke(main, ["webhook", "serve", str(manifest)])
-    assert serve.exit_code == EXIT_INVALID and "no ledger yet" in serve.output
+    assert serve.exit_code == ExitCode.INVALID and "no ledger yet" in serve.output
     helped = runner.invoke(main, ["webhook", "serve", "--help"])
     assert helped.exit_code == 0 and "Example: firered-batch" in helped.output
     assert "--webhook-url" in runner.invoke(main, ["run", "--help"]).output
@@ -146,7 +146,7 @@ async def _cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "batch.cli",
+        "batch.cli.commands",
         *args,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -171,12 +171,12 @@ async def test_cli_detach_then_webhook_serve_until_done(hooks):
     ]
     common = [str(manifest), "--queue-url", sim.url, "--output", str(out)]
     code, stdout, stderr = await _cli("run", *common, "--detach", *hook)
-    assert code == EXIT_OK, stdout + stderr
+    assert code == ExitCode.OK, stdout + stderr
     assert "detached: 5 requests at fal" in stdout
     code, stdout, stderr = await _cli(
         "webhook", "serve", str(manifest), "--output", str(out), "--until-done", *hook
     )
-    assert code == EXIT_OK, stdout + stderr
+    assert code == ExitCode.OK, stdout + stderr
     assert "5 completed" in stdout
     with Ledger.open(out) as ledger:
         assert ledger.counts()["completed"] == 5

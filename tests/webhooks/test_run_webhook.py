@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from support import TEST_KEY, item_rows, write_csv
 
+from batch.errors import ExitCode
 from batch.job import JobError, JobSpec
 from batch.ledger import Ledger
-from batch.pipeline.run import EXIT_FAILED, EXIT_OK, run_job
+from batch.pipeline.run import run_job
 from batch.sim import FaultRule
 
 
@@ -41,7 +42,7 @@ async def test_results_come_by_webhook_without_status_or_result_requests(hooks):
     sim = await hooks.start()
     spec = hooks.spec(hooks.manifest(12, num_images=2))
     summary = await hooks.run(spec)
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     check_finalized_once(hooks, 12, images_per_item=2)
     assert sim.counters.requests_for("status") == 0 == summary.stats["status_requests"]
     assert sim.counters.requests_for("result") == 0  # outputs taken from the payload
@@ -56,7 +57,7 @@ async def test_twenty_percent_lost_webhooks_complete_through_the_safety_net(hook
     sim = await hooks.start(faults=hooks.plan(FaultRule(kind="webhook_lost", rate=0.2)))
     n = 30
     summary = await hooks.run(hooks.spec(hooks.manifest(n), safety_net=0.05))
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     check_finalized_once(hooks, n)
     lost = sim.counters.webhooks_lost
     assert len(lost) >= 2
@@ -75,7 +76,7 @@ async def test_duplicated_reordered_delayed_and_badly_signed_deliveries_change_n
     )
     n = 24
     summary = await hooks.run(hooks.spec(hooks.manifest(n)))
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     check_finalized_once(hooks, n)
     counts = sim.counters
     assert counts.webhooks["duplicates_sent"] >= 2 and counts.webhooks["bad_signatures"] >= 1
@@ -97,7 +98,7 @@ async def test_webhook_and_poll_racing_finalize_each_item_once(hooks):
     )
     n = 40
     summary = await hooks.run(hooks.spec(hooks.manifest(n), safety_net=0.01, concurrency=4))
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     check_finalized_once(hooks, n)
     assert summary.stats["completed"] == n
     counters = sim.counters
@@ -117,7 +118,7 @@ async def test_payload_error_results_are_fetched_from_the_queue(hooks):
     )
     n = 12
     summary = await hooks.run(hooks.spec(hooks.manifest(n)))
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     check_finalized_once(hooks, n)
     assert sim.counters.webhooks["payload_errors"] >= 1
     assert sim.counters.requests_for("result") == sim.counters.webhooks["payload_errors"]
@@ -132,7 +133,7 @@ async def test_error_webhooks_retry_transient_failures_and_fail_permanent_ones(h
         ),
     )
     summary = await hooks.run(hooks.spec(hooks.manifest(10), concurrency=1))
-    assert summary.exit_code == EXIT_FAILED, summary.text()
+    assert summary.exit_code == ExitCode.FAILED, summary.text()
     with Ledger.open(hooks.tmp / "out") as ledger:
         assert ledger.counts()["completed"] == 9
         (failure,) = ledger.failures()
@@ -154,7 +155,7 @@ async def test_local_queue_delivers_to_the_embedded_receiver(tmp_path: Path, mon
         sim={"latency": "fixed:0.01", "capacity": 4},
     )
     summary = await run_job(spec)
-    assert summary.exit_code == EXIT_OK, summary.text()
+    assert summary.exit_code == ExitCode.OK, summary.text()
     assert summary.counts["completed"] == 6
     assert summary.stats["status_requests"] == 0
     assert summary.stats["webhooks"]["received"] == 6

@@ -44,9 +44,8 @@ from __future__ import annotations
 
 import os
 import re
-import string
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -61,134 +60,43 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from batch.fal.webhooks import DEFAULT_JWKS_URL
-from batch.localfiles import DEFAULT_MAX_BYTES, DEFAULT_MAX_MEGAPIXELS, ImageLimits
-from batch.manifest.errors import (
-    NESTED_ERROR,
-    display_path,
-    format_loc,
-    validation_problems,
+from batch.fal import DEFAULT_QUEUE_URL, DEFAULT_REST_URL
+from batch.job.settings import (
+    _URL_RE,
+    JobError,
+    RetrySpec,
+    SimSpec,
+    WebhookSpec,
+    _fail,
+    parse_duration,
 )
-from batch.manifest.fields import check_fields, validate_id
-from batch.manifest.yamlfile import (
+from batch.manifest import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MEGAPIXELS,
+    NESTED_ERROR,
+    BudgetSpec,
+    ImageLimits,
+    PriceSpec,
     YamlFileError,
+    check_fields,
     compose_file,
     construct,
+    display_path,
     duplicate_keys,
     find_line,
+    format_loc,
     line_of,
+    validate_id,
+    validation_problems,
 )
-from batch.pricing import BudgetSpec, PriceSpec
-from batch.schedule import parse_duration
+from batch.outputs import validate_template
 from batch.schema import DEFAULT_ENDPOINT
 
-DEFAULT_QUEUE = "https://queue.fal.run"
-DEFAULT_REST = "https://rest.fal.ai"
 LOCAL_QUEUE = "local"
-FILENAME_FIELDS = ("key", "index", "ext", "seed")
 
 WaitMode = Literal["poll", "stream", "webhook"]
 
 _ENDPOINT_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")
-_URL_RE = re.compile(r"https?://[^\s/?#]+(/\S*)?", re.IGNORECASE)
-_NUMBER = r"\d+(\.\d+)?"
-_LATENCY_RE = re.compile(rf"(fixed:)?{_NUMBER}|(uniform|lognormal):{_NUMBER},{_NUMBER}")
-
-
-class JobError(ValueError):
-    """A job file or settings that cannot be used. ``errors``: ``file:line: field: reason``."""
-
-    def __init__(self, errors: list[str]) -> None:
-        self.errors = errors
-        super().__init__("\n".join(errors))
-
-
-def _fail(message: str) -> PydanticCustomError:
-    return PydanticCustomError("job_setting", message)
-
-
-class RetrySpec(BaseModel):
-    """Retries of transient failures: exponential back-off with full jitter, capped."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    attempts: int = Field(default=5, ge=1)
-    backoff_min: float = Field(default=0.5, ge=0)
-    backoff_max: float = Field(default=30.0, ge=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> RetrySpec:
-        if self.backoff_max < self.backoff_min:
-            raise _fail("backoff_max must not be less than backoff_min")
-        return self
-
-
-class SimSpec(BaseModel):
-    """The embedded simulator, for ``queue: local``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    capacity: int = Field(default=4, ge=1)
-    latency: str = "uniform:0.2,0.8"  # fixed:S | uniform:LO,HI | lognormal:MEAN,SIGMA | S
-    seed: int = 0
-
-    @field_validator("latency")
-    @classmethod
-    def _latency(cls, value: str) -> str:
-        if not _LATENCY_RE.fullmatch(value.strip()):
-            why = "must be fixed:S, uniform:LO,HI, lognormal:MEAN,SIGMA or seconds"
-            raise _fail(why)
-        return value.strip()
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``PORT`` or ``:PORT`` (host 127.0.0.1), ``[::1]:PORT``; port 0 = any."""
-    text = text.strip()
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    return host, int(port)
-
-
-class WebhookSpec(BaseModel):
-    """Webhooks (``wait: webhook``, ``run --detach``): where fal posts results and how they
-    are checked. ``public_url`` is what fal posts to (https, through a reverse proxy or tunnel
-    to ``listen``); with ``queue: local`` it defaults to the receiver's own address.
-    ``safety_net``: at least this many seconds without a webhook before an item is polled."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    public_url: str | None = None
-    listen: str = "127.0.0.1:0"
-    jwks_url: str = DEFAULT_JWKS_URL
-    safety_net: float = Field(default=5.0, gt=0)
-
-    @field_validator("public_url", "jwks_url")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value is not None and not _URL_RE.fullmatch(value):
-            raise _fail("must be an http(s) URL")
-        return value
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        try:
-            host, port = parse_listen(value)
-        except ValueError as exc:
-            raise _fail(str(exc)) from None
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-    @property
-    def host(self) -> str:
-        return parse_listen(self.listen)[0]
-
-    @property
-    def port(self) -> int:
-        return parse_listen(self.listen)[1]
 
 
 class JobSpec(BaseModel):
@@ -199,7 +107,7 @@ class JobSpec(BaseModel):
     manifest: Path
     name: str = ""  # set by _resolve_paths (from the manifest's or job file's stem)
     endpoint: str = DEFAULT_ENDPOINT
-    queue: str = DEFAULT_QUEUE
+    queue: str = DEFAULT_QUEUE_URL
     concurrency: int = Field(default=8, ge=1)
     queue_ahead: int | None = Field(default=None, ge=0)  # None: as many as `concurrency`
     rate: float = Field(default=10.0, gt=0)
@@ -212,7 +120,7 @@ class JobSpec(BaseModel):
     start_timeout: float | None = Field(default=None, gt=0)
     deadline: float | None = Field(default=None, gt=0)
     sim: SimSpec = SimSpec()
-    rest_url: str = DEFAULT_REST
+    rest_url: str = DEFAULT_REST_URL
     inputs: Literal["upload", "data-uri"] = "upload"
     upload_concurrency: int = Field(default=4, ge=1)
     upload_max_age: float = Field(default=24 * 3600.0, gt=0)
@@ -316,7 +224,10 @@ class JobSpec(BaseModel):
     @field_validator("filename")
     @classmethod
     def _filename(cls, value: str) -> str:
-        check_filename_template(value)
+        try:
+            validate_template(value)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
         return value
 
     @field_validator("defaults")
@@ -371,29 +282,6 @@ class JobSpec(BaseModel):
         if "name" in updates and "output" not in updates and self.output == default_output:
             del data["output"]
         return _validated(data, context=None)
-
-
-def check_filename_template(template: str) -> None:
-    """Raise PydanticCustomError unless ``template`` names files inside the output folder.
-
-    Allowed fields: {key}, {index}, {ext}, {seed}, with format specs (``{index:03d}``); {key}
-    and {index} are required, so that names are unique.
-    """
-    try:
-        names = {n for _, n, _, _ in string.Formatter().parse(template) if n is not None}
-    except ValueError as exc:
-        raise _fail(f"not a valid template ({exc})") from None
-    unknown = sorted(names - set(FILENAME_FIELDS))
-    if unknown:
-        raise _fail(f"unknown field {{{unknown[0]}}} (allowed: key, index, ext, seed)")
-    if not {"key", "index"} <= names:
-        raise _fail("must contain {key} and {index}")
-    try:
-        template.format(key="k", index=0, ext="png", seed=0)
-    except ValueError as exc:
-        raise _fail(f"not a valid template ({exc})") from None
-    if template.startswith("/") or "\\" in template or ".." in PurePosixPath(template).parts:
-        raise _fail("must be a relative name inside the output folder")
 
 
 def _validated(data: Mapping[str, Any], *, context: Mapping[str, Any] | None) -> JobSpec:

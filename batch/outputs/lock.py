@@ -12,9 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-
-class LockedError(RuntimeError):
-    """Another run holds the output folder's lock."""
+from batch.errors import LockHeldError
 
 
 @contextlib.contextmanager
@@ -27,7 +25,7 @@ def run_lock(output_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
-            raise LockedError(
+            raise LockHeldError(
                 f"{output_dir}: another run (pid {holder}) is working on this output folder; "
                 "this one exits without doing anything"
             ) from None

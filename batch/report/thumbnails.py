@@ -32,9 +32,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from batch.durable import TEMP_PREFIX
-from batch.localfiles import local_sha
-from batch.outputs import check_output_path
+from batch.manifest.localfiles import local_sha
+from batch.outputs.durable import TEMP_PREFIX
+from batch.outputs.naming import check_output_path
 
 THUMBS_DIR = "thumbs"
 THUMB_PX = 256

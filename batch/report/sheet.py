@@ -2,7 +2,7 @@
 
 One self-contained page that works offline: every item's input and output thumbnails side by
 side (files under ``thumbs/``, or an output itself when it is no bigger than a thumbnail; see
-`batch.thumbnails`; never a full image inlined, never a remote image fetched), its prompt,
+`batch.report.thumbnails`; never a full image inlined, never a remote image fetched), its prompt,
 seed, state, latency, error or NSFW flag, and links to the full images. Summary counts, a
 latency histogram (inline SVG), filters (all, completed, failed, flagged, unfinished), a search
 on prompt or id, and client-side pagination — the items are embedded as JSON, so 10,000 items
@@ -27,15 +27,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batch.durable import atomic_writer
-from batch.pricing import PriceSpec, usd
-from batch.report_page import histogram_svg, render_page
-from batch.thumbnails import Media, Thumbnailer, local_inputs
+from batch.manifest.pricing import PriceSpec, usd
+from batch.outputs.durable import atomic_writer
+from batch.report.page import histogram_svg, render_page
+from batch.report.thumbnails import Media, Thumbnailer, local_inputs
 
 if TYPE_CHECKING:
     from batch.job import JobSpec
 
-log = logging.getLogger("batch.report")
+log = logging.getLogger("batch.report.sheet")
 
 REPORT_NAME = "report.html"
 CHUNK = 200  # items whose thumbnails are made together

@@ -1,6 +1,6 @@
 """Output files: safe names, paths inside the output folder, temporary files, integrity checks.
 
-Every output reaches its final name through `batch.downloads` (verified, written under a
+Every output reaches its final name through `batch.outputs.downloads` (verified, written under a
 temporary name, made durable, renamed; DESIGN invariant 1). `cleanup_temp_files` removes the
 temporary files a killed process left behind; `verify_outputs` checks files against the ledger.
 """
@@ -15,15 +15,14 @@ import urllib.parse
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from batch.durable import TEMP_PREFIX
+from batch.outputs.durable import TEMP_PREFIX
 
 IMAGES_DIR = "images"
-DEFAULT_TEMPLATE = "{key}-{index}.{ext}"
 # Fields a job's template may use (`validate_template`); `safe_name` takes any it is given.
-TEMPLATE_FIELDS = frozenset({"key", "index", "ext", "seed", "request_id", "width", "height"})
+TEMPLATE_FIELDS = ("key", "index", "ext", "seed")
 # Room for the `.tmp-<16 hex>-` prefix within the usual 255-byte file-name limit.
 MAX_NAME_BYTES = 200
 # Separators, characters Windows forbids, and bidi controls that disguise an extension.
@@ -78,18 +77,25 @@ def template_fields(template: str) -> set[str]:
     return names
 
 
-def validate_template(template: str, allowed: Iterable[str] = TEMPLATE_FIELDS) -> None:
-    """Check a job's template up front: only known fields, and `{index}` for unique names."""
-    allowed = set(allowed)
-    used = template_fields(template)
-    unknown = sorted(used - allowed)
+def validate_template(template: str) -> None:
+    """Check a job's file-name template: ValueError unless it names files inside the output
+    folder. Fields: {key}, {index}, {ext}, {seed}, with format specs (``{index:03d}``); {key}
+    and {index} are required, so that names are unique."""
+    try:
+        names = {n for _, n, _, _ in string.Formatter().parse(template) if n is not None}
+    except ValueError as exc:
+        raise ValueError(f"not a valid template ({exc})") from None
+    unknown = sorted(names - set(TEMPLATE_FIELDS))
     if unknown:
-        raise ValueError(
-            f"unknown field {', '.join(map(repr, unknown))} in file-name template {template!r};"
-            f" known fields: {', '.join(sorted(allowed))}"
-        )
-    if "index" not in used:
-        raise ValueError(f"file-name template {template!r} must contain {{index}}")
+        raise ValueError(f"unknown field {{{unknown[0]}}} (allowed: {', '.join(TEMPLATE_FIELDS)})")
+    if not {"key", "index"} <= names:
+        raise ValueError("must contain {key} and {index}")
+    try:
+        template.format(key="k", index=0, ext="png", seed=0)
+    except ValueError as exc:
+        raise ValueError(f"not a valid template ({exc})") from None
+    if template.startswith("/") or "\\" in template or ".." in PurePosixPath(template).parts:
+        raise ValueError("must be a relative name inside the output folder")
 
 
 def safe_name(template: str, *, max_bytes: int = MAX_NAME_BYTES, **fields: Any) -> str:

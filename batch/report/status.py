@@ -4,9 +4,9 @@ Counts by state, failures grouped by error kind with an example each, the latest
 finished) with its throughput and, while it is live, an ETA; with a price, the spend so far.
 
 A run is *live* when the runs table has it without an end and the process that wrote the
-output folder's lock (`batch.lock`) is still alive; a run without an end whose process is gone
-was killed (``interrupted``). Status never takes the lock itself, so it cannot make a starting
-run exit 5.
+output folder's lock (`batch.outputs.lock`) is still alive; a run without an end whose process
+is gone was killed (``interrupted``). Status never takes the lock itself, so it cannot make a
+starting run exit 5.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from batch.ledger import FailureGroup, Ledger
+from batch.manifest.pricing import PriceSpec, usd
 from batch.pipeline.budget import Budget
-from batch.pricing import PriceSpec, usd
 
 STATES = ("completed", "failed", "submitted", "pending")
 

@@ -2,7 +2,7 @@
 
 A file reaches its final name only whole: it is downloaded and hashed, checked with Pillow (a
 PNG by its chunk checksums, other formats decoded) and against what the result said (width,
-height, content type), then written through `batch.durable` (temporary name, made durable,
+height, content type), then written through `batch.outputs.durable` (temporary name, made durable,
 renamed; DESIGN invariant 1). Files downloaded at the same time are published as a batch, in
 a thread: one durability flush and one folder fsync for all of them (`Publisher`). Any failure
 removes the temporary file.
@@ -28,15 +28,16 @@ from pathlib import Path
 import aiohttp
 from PIL import Image
 
-from batch.durable import fsync_dir, sync_files, temp_path, write_unsynced
-from batch.outputs import OutputRecord, norm_content_type
+from batch.errors import BatchError
+from batch.outputs.durable import fsync_dir, sync_files, temp_path, write_unsynced
+from batch.outputs.naming import OutputRecord, norm_content_type
 
 _CHUNK = 64 * 1024
 # Above this many pixels a non-JPEG image is checked by its own checksums only, not decoded.
 _MAX_DECODE_PIXELS = 64_000_000
 
 
-class DownloadError(Exception):
+class DownloadError(BatchError):
     """A download failed. `transient`: trying again later may succeed."""
 
     def __init__(self, message: str, *, transient: bool, status: int | None = None) -> None:

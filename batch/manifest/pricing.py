@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from batch.localfiles import local_sha
+from batch.manifest.localfiles import local_sha
 from batch.schema import PRESET_PIXELS, ImageSizePreset
 
 # A local file's (width, height) by its sha256, when known.

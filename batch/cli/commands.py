@@ -1,15 +1,10 @@
-"""The `firered-batch` command: arguments in, one library call, outcome → exit code.
-
-Exit codes: 0 everything completed; 1 some items failed; 2 invalid manifest, job or arguments;
-3 refused by the remote (auth); 4 interrupted or stopped early, resumable; 5 another run holds
-the output folder's lock.
-"""
+"""The `firered-batch` commands: arguments in, one library call, outcome → exit code
+(`batch.errors.ExitCode`; errors become exit codes in `batch.cli.outcomes`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import secrets
 import sys
 from pathlib import Path
@@ -17,16 +12,17 @@ from typing import Any
 
 import click
 
-from batch.job import JobError, JobSpec, load_job
-from batch.ledger import Ledger
-from batch.localfiles import LocalFiles
-from batch.lock import LockedError
-from batch.manifest import ManifestError, scan
-from batch.pipeline.events import LogProgress, Progress, TqdmProgress
-from batch.pipeline.run import EXIT_INVALID, EXIT_LOCKED, run_job
-from batch.report import report_for
-from batch.schedule import make_schedule, parse_duration
-from batch.status import job_status
+from batch import crashpoints
+from batch.cli.collector import fewer_collections
+from batch.cli.logs import progress_for, setup_logging
+from batch.cli.outcomes import Commands, fail, remember_output
+from batch.cli.schedule import make_schedule
+from batch.errors import ExitCode
+from batch.job import JobError, JobSpec, load_job, parse_duration
+from batch.ledger import LEDGER_FILE, Ledger
+from batch.manifest import LocalFiles, scan
+from batch.pipeline.run import run_job
+from batch.report import job_status, report_for
 
 MANIFEST_SUFFIXES = {".csv", ".jsonl"}
 
@@ -38,7 +34,9 @@ def _load_spec(target: str, overrides: dict[str, Any]) -> JobSpec:
         spec = JobSpec.for_manifest(path)
     else:
         spec = load_job(path)
-    return spec.with_overrides(**overrides)
+    spec = spec.with_overrides(**overrides)
+    remember_output(spec.output)
+    return spec
 
 
 def _looks_like_manifest(path: Path) -> bool:
@@ -46,50 +44,6 @@ def _looks_like_manifest(path: Path) -> bool:
         return False
     head = path.read_text(encoding="utf-8-sig", errors="replace")[:65536]
     return any(line.startswith(("items:", "matrix:")) for line in head.splitlines())
-
-
-def _fail_invalid(exc: Exception) -> None:
-    click.echo(str(exc), err=True)
-    sys.exit(EXIT_INVALID)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, and the message (already JSON if it is one)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-        }
-        try:
-            parsed = json.loads(message)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict):
-            entry.update(parsed)
-        else:
-            entry["message"] = message
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def _setup_logging(log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger("batch")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-
-
-def _progress(log_format: str) -> Progress:
-    if log_format == "json":
-        return LogProgress(json_lines=True)
-    if sys.stdout.isatty():
-        return TqdmProgress()
-    return LogProgress()
 
 
 def _input_options(fn: Any) -> Any:
@@ -142,10 +96,11 @@ def _webhook_settings(options: dict[str, Any]) -> dict[str, Any] | None:
     return {k: v for k, v in values.items() if v is not None} or None
 
 
-@click.group()
+@click.group(cls=Commands)
 @click.version_option(package_name="firered-batch")
 def main() -> None:
     """Bulk image edits through fal's queue API, resumable, with a local simulator."""
+    crashpoints.arm_from_env()  # tests of crash safety only; unset, nothing is armed
 
 
 @main.command()
@@ -181,7 +136,7 @@ def run(
 
     Example: firered-batch run jobs/demo.yaml --concurrency 4 --max-runtime 50m
     """
-    _setup_logging(log_format)
+    setup_logging(log_format)
     detach = bool(input_settings.pop("detach", False))
     webhook = _webhook_settings(input_settings)
     overrides = {
@@ -193,13 +148,13 @@ def run(
         "webhook": webhook,
         **input_settings,
     }
-    try:
-        spec = _load_spec(target, overrides)
-        seconds = parse_duration(max_runtime) if max_runtime else None
+    spec = _load_spec(target, overrides)
+    seconds = _duration("--max-runtime", max_runtime) if max_runtime else None
+    with fewer_collections():
         summary = asyncio.run(
             run_job(
                 spec,
-                progress=_progress(log_format),
+                progress=progress_for(log_format),
                 handle_signals=True,
                 dry_run=dry_run,
                 max_runtime=seconds,
@@ -207,12 +162,6 @@ def run(
                 detach=detach,
             )
         )
-    except LockedError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(EXIT_LOCKED)
-    except (JobError, ManifestError, ValueError) as exc:
-        _fail_invalid(exc)
-        return
     for warning in summary.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(summary.text())
@@ -226,13 +175,9 @@ def validate(target: str) -> None:
 
     Example: firered-batch validate manifests/demo.csv
     """
-    try:
-        spec = _load_spec(target, {})
-        files = LocalFiles(spec.image_limits)  # local images checked with the job's limits
-        result = scan(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults, files=files)
-    except (JobError, ManifestError, ValueError) as exc:
-        _fail_invalid(exc)
-        return
+    spec = _load_spec(target, {})
+    files = LocalFiles(spec.image_limits)  # local images checked with the job's limits
+    result = scan(spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults, files=files)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(result.describe())
@@ -305,8 +250,7 @@ def sim(
     try:
         config = SimConfig.model_validate(settings)
     except ValueError as exc:
-        _fail_invalid(exc)
-        return
+        fail(exc, ExitCode.INVALID)
     run_forever(config)
 
 
@@ -337,18 +281,24 @@ def schedule(job: str, every: str, log_file: str | None, env_file: str | None) -
     Run it from the folder the job should run in. Example:
     firered-batch schedule jobs/catalog.yaml --every 30m
     """
+    load_job(Path(job))
     try:
-        load_job(Path(job))
         plan = make_schedule(
             Path(job),
             every,
             log=Path(log_file) if log_file else None,
             env_file=Path(env_file) if env_file else None,
         )
-    except (JobError, ValueError) as exc:
-        _fail_invalid(exc)
-        return
+    except ValueError as exc:
+        raise JobError([f"--every: {exc}"]) from None
     click.echo(plan.text())
+
+
+def _duration(option: str, text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise JobError([f"{option}: {exc}"]) from None
 
 
 def _json_out(data: Any) -> None:
@@ -360,13 +310,9 @@ def _open_ledger(target: str, output: str | None) -> Ledger:
 
 
 def _open_job(target: str, output: str | None) -> tuple[JobSpec, Ledger]:
-    try:
-        spec = _load_spec(target, {"output": output})
-    except (JobError, ManifestError, ValueError) as exc:
-        _fail_invalid(exc)
-        raise
-    if not (spec.output / "ledger.sqlite").exists():
-        _fail_invalid(ValueError(f"{spec.output}: no ledger yet (has this job been run?)"))
+    spec = _load_spec(target, {"output": output})
+    if not (spec.output / LEDGER_FILE).exists():
+        raise JobError([f"{spec.output}: no ledger yet (has this job been run?)"])
     return spec, Ledger.open(spec.output)
 
 
@@ -438,19 +384,12 @@ def webhook_serve(
     JWKS, a request of this job) before the item's outputs are downloaded. Example:
     firered-batch webhook serve jobs/catalog.yaml --webhook-listen 127.0.0.1:8787
     """
-    from batch.fal import AuthError
     from batch.pipeline.webhook_serve import serve_webhooks
 
-    _setup_logging(log_format)
-    try:
-        spec = _load_spec(target, {"output": output, "webhook": _webhook_settings(options)})
+    setup_logging(log_format)
+    spec = _load_spec(target, {"output": output, "webhook": _webhook_settings(options)})
+    with fewer_collections():
         summary = asyncio.run(serve_webhooks(spec, until_done=until_done, handle_signals=True))
-    except AuthError as exc:
-        click.echo(f"refused: {exc}", err=True)
-        sys.exit(3)
-    except (JobError, ManifestError, ValueError, OSError) as exc:
-        _fail_invalid(exc)
-        return
     click.echo(summary.text())
 
 

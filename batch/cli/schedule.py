@@ -13,24 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in `90`, `90s`, `50m`, `2h`, `1h30m` or `1d`; ValueError otherwise."""
-    cleaned = text.strip().lower().replace(" ", "")
-    if not cleaned:
-        raise ValueError("empty duration")
-    total, pos = 0.0, 0
-    for match in _DURATION.finditer(cleaned):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT[match.group(2)]
-        pos = match.end()
-    if pos != len(cleaned) or total <= 0:
-        raise ValueError(f"not a duration: {text!r} (e.g. 90s, 50m, 2h, 1h30m)")
-    return total
+from batch.job import parse_duration
 
 
 def cron_spec(seconds: float) -> str:

@@ -1,0 +1,74 @@
+"""Outcomes → exit codes: the one place a command's errors become what the user sees.
+
+An error the package raised on purpose (`batch.errors.BatchError`) is its message on stderr
+and its `exit_code`. Anything else is a bug: one line naming it and the file the full traceback
+was written to (in the output folder, beside the ledger, when the command knew it; else the
+system's temporary folder), and `ExitCode.CRASH`. Never a raw traceback, never "invalid input".
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from batch.errors import BatchError, ExitCode
+
+OUTPUT_DIR = "output_dir"  # ctx.meta key: the output folder, once a command knows it
+
+
+def remember_output(output_dir: Path) -> None:
+    """Tell the crash handler where this command's output folder is."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[OUTPUT_DIR] = output_dir
+
+
+def fail(exc: BaseException, code: ExitCode) -> NoReturn:
+    click.echo(str(exc), err=True)
+    sys.exit(code)
+
+
+class Commands(click.Group):
+    """A click group whose commands end in an exit code from `ExitCode`, whatever they raise."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except BatchError as exc:
+            fail(exc, exc.exit_code)
+        except Exception as exc:
+            log = write_crash_log(exc, ctx.meta.get(OUTPUT_DIR))
+            click.echo(
+                f"firered-batch crashed: {type(exc).__name__}: {exc}\n"
+                f"the full traceback is in {log}; nothing already completed is lost, and "
+                "running the same command again resumes (please report this crash)",
+                err=True,
+            )
+            sys.exit(ExitCode.CRASH)
+
+
+def write_crash_log(exc: BaseException, output_dir: Path | None) -> Path:
+    """Write the traceback to ``crash-<UTC time>-<pid>.log`` and return its path."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = f"crash-{stamp}-{os.getpid()}.log"
+    text = "".join(traceback.format_exception(exc))
+    command = sys.argv[1] if len(sys.argv) > 1 else ""  # not the arguments: they may be private
+    for folder in (output_dir, Path(tempfile.gettempdir())):
+        if folder is None:
+            continue
+        path = Path(folder) / name
+        try:
+            path.write_text(f"firered-batch {command}\n{text}", encoding="utf-8")
+        except OSError:
+            continue
+        return path
+    return Path(name)  # nowhere writable: the line still names the error

@@ -1,0 +1,130 @@
+"""The parts of a job's settings: retries, the embedded simulator, webhooks; durations and
+listen addresses as the settings write them. `JobError` is how every bad setting is reported."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from batch.errors import InvalidInputError
+from batch.fal import DEFAULT_JWKS_URL
+
+_URL_RE = re.compile(r"https?://[^\s/?#]+(/\S*)?", re.IGNORECASE)
+_NUMBER = r"\d+(\.\d+)?"
+_LATENCY_RE = re.compile(rf"(fixed:)?{_NUMBER}|(uniform|lognormal):{_NUMBER},{_NUMBER}")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `90`, `90s`, `50m`, `2h`, `1h30m` or `1d`; ValueError otherwise."""
+    cleaned = text.strip().lower().replace(" ", "")
+    if not cleaned:
+        raise ValueError("empty duration")
+    total, pos = 0.0, 0
+    for match in _DURATION.finditer(cleaned):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT[match.group(2)]
+        pos = match.end()
+    if pos != len(cleaned) or total <= 0:
+        raise ValueError(f"not a duration: {text!r} (e.g. 90s, 50m, 2h, 1h30m)")
+    return total
+
+
+class JobError(InvalidInputError):
+    """A job file or settings that cannot be used. ``errors``: ``file:line: field: reason``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+def _fail(message: str) -> PydanticCustomError:
+    return PydanticCustomError("job_setting", message)
+
+
+class RetrySpec(BaseModel):
+    """Retries of transient failures: exponential back-off with full jitter, capped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    attempts: int = Field(default=5, ge=1)
+    backoff_min: float = Field(default=0.5, ge=0)
+    backoff_max: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RetrySpec:
+        if self.backoff_max < self.backoff_min:
+            raise _fail("backoff_max must not be less than backoff_min")
+        return self
+
+
+class SimSpec(BaseModel):
+    """The embedded simulator, for ``queue: local``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    capacity: int = Field(default=4, ge=1)
+    latency: str = "uniform:0.2,0.8"  # fixed:S | uniform:LO,HI | lognormal:MEAN,SIGMA | S
+    seed: int = 0
+
+    @field_validator("latency")
+    @classmethod
+    def _latency(cls, value: str) -> str:
+        if not _LATENCY_RE.fullmatch(value.strip()):
+            why = "must be fixed:S, uniform:LO,HI, lognormal:MEAN,SIGMA or seconds"
+            raise _fail(why)
+        return value.strip()
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``PORT`` or ``:PORT`` (host 127.0.0.1), ``[::1]:PORT``; port 0 = any."""
+    text = text.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+class WebhookSpec(BaseModel):
+    """Webhooks (``wait: webhook``, ``run --detach``): where fal posts results and how they
+    are checked. ``public_url`` is what fal posts to (https, through a reverse proxy or tunnel
+    to ``listen``); with ``queue: local`` it defaults to the receiver's own address.
+    ``safety_net``: at least this many seconds without a webhook before an item is polled."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    public_url: str | None = None
+    listen: str = "127.0.0.1:0"
+    jwks_url: str = DEFAULT_JWKS_URL
+    safety_net: float = Field(default=5.0, gt=0)
+
+    @field_validator("public_url", "jwks_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not _URL_RE.fullmatch(value):
+            raise _fail("must be an http(s) URL")
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        try:
+            host, port = parse_listen(value)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
+    def host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
