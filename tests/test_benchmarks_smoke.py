@@ -137,3 +137,17 @@ def test_resume_of_a_finished_job_makes_no_api_call(tmp_path: Path) -> None:
     assert figures["unchanged_api_calls"] == 0
     assert figures["appended_api_calls"] > 0
     assert figures["unchanged_exit_code"] == figures["appended_exit_code"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_imaging_reports_ms_per_render_for_every_size_and_format(tmp_path: Path) -> None:
+    """imaging.py exits 0 and writes a positive ms per render for each size and format."""
+    figures = run_script("imaging.py", tmp_path / "imaging.json")
+    cases = {(c["size"], c["format"]): c for c in figures["cases"]}
+    sizes = ["64x64", "512x384", "1024x1024"]
+    assert set(cases) == {(size, fmt) for size in sizes for fmt in ("png", "jpeg")}
+    for case in cases.values():
+        assert_positive(case, ["ms_per_render", "renders_per_s", "output_kib"])
+        assert case["cpu_ms_per_render"] >= 0
+        assert case["n"] == N
+    assert_positive(figures, ["png_64x64_ms_per_render"])

@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 from support import PlanItem, png_uri
 
-from batch.ledger import Ledger
+from batch.ledger import Ledger, spend
+from batch.ledger.spend import work_estimate, work_estimate_by_rows
 from batch.manifest.localfiles import LOCAL_PREFIX, LocalFile
 from batch.manifest.pricing import Estimate
-from batch.pipeline import budget
-from batch.pipeline.budget import work_estimate, work_estimate_by_rows
 
 ENDPOINT = "fal-ai/firered-image-edit"
 SHA = "ab" * 32  # a local file the ledger knows: 800×500
@@ -98,9 +97,9 @@ def test_the_estimate_counts_the_pending_items_of_the_manifest_by_their_output_b
 def test_without_sqlite_json_functions_the_rows_are_decoded(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(budget, "_WORK_BASIS", "SELECT json_nonesuch(request) FROM items")
+    monkeypatch.setattr(spend, "_WORK_BASIS", "SELECT json_nonesuch(request) FROM items")
     assert work_estimate(ledger) == _expected()
-    monkeypatch.setattr(budget, "_WORK_BASIS", "SELECT nonesuch(request) FROM items")
+    monkeypatch.setattr(spend, "_WORK_BASIS", "SELECT nonesuch(request) FROM items")
     with pytest.raises(sqlite3.OperationalError, match="no such function: nonesuch"):
         work_estimate(ledger)  # another error is not hidden
 

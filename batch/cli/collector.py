@@ -15,12 +15,14 @@ def fewer_collections(young: int = YOUNG_THRESHOLD) -> Iterator[None]:
     `young` allocations instead of every 700.
 
     A run allocates many short-lived objects per item (requests, responses, futures, rows)
-    that reference counting frees at once. At the default threshold the collector still runs
-    hundreds of times a second and keeps promoting the survivors of the moment, so the older
-    generations are scanned over and over: 2.0-2.2 s of a 17 s, 5,000-item run, in pauses of
-    up to 170 ms. With 50,000 it ran 4 times, 0.26-0.29 s in all. Blocks that overlap (two
-    jobs run at once on one event loop) restore the setting when the last one ends; the
-    count is not meant for runs on event loops in several threads."""
+    that reference counting frees at once, and few of them form cycles. At the default
+    threshold the collector still runs very often, and each time promotes the objects that
+    happen to be alive at that moment, so the older generations fill with garbage and are
+    scanned over and over, in pauses that stall the event loop. Collecting the youngest
+    generation far less often leaves those objects to reference counting and the run's
+    collections to a handful. Blocks that overlap (two jobs run at once on one event loop)
+    restore the setting when the last one ends; the count is not meant for runs on event
+    loops in several threads."""
     global _open_blocks, _threshold_before
     if _open_blocks == 0:
         _threshold_before = gc.get_threshold()

@@ -12,8 +12,8 @@ from batch.fal.errors import (
     RateLimitedError,
     StartTimeoutError,
     TransientError,
-    is_retryable,
 )
+from batch.fal.jwks import DEFAULT_JWKS_URL, JwksCache
 from batch.fal.storage import (
     DEFAULT_REST_URL,
     CdnToken,
@@ -22,13 +22,7 @@ from batch.fal.storage import (
     encode_data_uri,
 )
 from batch.fal.types import Completed, InProgress, LogEntry, Queued, RequestHandle, Status
-from batch.fal.webhooks import (
-    DEFAULT_JWKS_URL,
-    JwksCache,
-    WebhookDelivery,
-    WebhookReceiver,
-    WebhookRejected,
-)
+from batch.fal.webhooks import WebhookDelivery, WebhookReceiver, WebhookRejected
 
 __all__ = [
     "DEFAULT_JWKS_URL",
@@ -61,6 +55,5 @@ __all__ = [
     "WebhookRejected",
     "credentials_from_env",
     "encode_data_uri",
-    "is_retryable",
     "parse_status",
 ]

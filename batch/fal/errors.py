@@ -1,17 +1,23 @@
 """The errors the fal client raises: one tree, decided by type, never by string.
 
-    FalError                      status, request_id, detail, error_type; never the key
-    ├── TransientError            retry with back-off (connection reset, timeout, 408, 5xx)
+    FalError                      a `batch.errors.BatchError`: status, request_id, detail,
+    │                             error_type; never the key
+    ├── TransientError            retry with back-off (connection lost, timeout, 408, 409, 5xx)
     │   ├── ConnectError          the request never reached fal: safe to resend anything
-    │   └── AmbiguousSubmitError  a submit was sent but its answer was lost: fal may have queued it
+    │   ├── AmbiguousSubmitError  a submit was sent but its answer was lost: fal may have queued it
+    │   └── JwksUnavailableError  no usable JWKS to verify webhooks with (`jwks.py`)
     ├── RateLimitedError          429: honour `retry_after` and slow the whole admission
-    ├── PermanentError            400, 404, 405, 422, a user start-timeout 504...: fail the item
+    ├── PermanentError            400, 405, 422, other 4xx, an invalid URL, or an error_type of
+    │   │                         bad_request, client_cancelled, client_disconnected: fail the item
     │   ├── NotFoundError         404: fal does not know (or no longer keeps) the request
     │   └── StartTimeoutError     504 with X-Fal-Request-Timeout-Type: user
-    └── AuthError                 401, 403: stop the run
+    └── AuthError                 401, 403: stop the run (exit code 3)
 
-`classify()` in `client.py` is the one place where HTTP answers and aiohttp exceptions become
-these; `is_retryable()` here is the pure decision the pipeline uses.
+`error_for_reply()` and `error_for_exception()` in `transport.py` are the one place where HTTP
+answers and aiohttp exceptions become these; the clients raise a `TransientError` themselves
+for an answer they cannot use (no request_id, no token, a status stream that ends early).
+Whether to try again is the caller's decision, made from the type; `kind` is the name the
+ledger records.
 """
 
 from __future__ import annotations
@@ -104,8 +110,3 @@ def _base_kind(cls: type[FalError]) -> type[FalError]:
         if base in _KINDS and base is not FalError:
             return base
     return FalError
-
-
-def is_retryable(exc: BaseException) -> bool:
-    """Whether the pipeline should try again: transient and rate-limited errors only."""
-    return isinstance(exc, TransientError | RateLimitedError)

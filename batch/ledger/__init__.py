@@ -4,7 +4,9 @@
       models.py      ItemState, ItemRow, PlanResult, errors, canonical request hash
       migrations.py  named migrations (m001_initial, ...) recorded in `migrations`
       plan.py        Ledger.plan: manifest ⇄ ledger reconciliation in bounded memory
-      store.py       Ledger: open, transitions, reads, runs
+      store.py       Ledger: open, plan, transitions, export (bases below)
+      reads.py       LedgerReads: read-only queries of items and outputs
+      runs.py        LedgerRuns: the runs table and meta settings
       group.py       group commit of the event loop's frequent transitions
       checkpoint.py  WAL checkpoints in a thread, off the event loop
       export.py      results.csv / results.jsonl, derived and written atomically

@@ -2,8 +2,8 @@
 
 SQLite in WAL mode copies the log back into the database file (a checkpoint) whenever the log
 passes 1,000 pages, inside whichever commit crossed the line, and with `synchronous=NORMAL` that
-commit also fsyncs the database. On the event loop's thread that commit then takes tens to
-hundreds of milliseconds instead of one or two (measured here: 98 and 238 ms). While
+commit also fsyncs the database. On the event loop's thread that commit would stall every
+item for as long as the copy and the fsync take. While
 `background_checkpoints` is active, a thread with its own connection runs a PASSIVE checkpoint
 every `interval` seconds, which never blocks the writer (SQLite's C code runs without the GIL),
 and the ledger's connection checkpoints only past `FALLBACK_PAGES` of log (should the thread

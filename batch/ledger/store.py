@@ -14,7 +14,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
@@ -26,35 +26,26 @@ from batch.ledger.checkpoint import Checkpointer, background_checkpoints
 from batch.ledger.export import ExportPaths, export_results
 from batch.ledger.migrations import applied_migrations, migrate
 from batch.ledger.models import (
-    ITEM_COLUMNS,
-    FailureGroup,
     InvalidTransitionError,
     ItemLike,
-    ItemRow,
     ItemState,
     PlanResult,
     UnknownItemError,
     canonical_json,
-    redact,
 )
 from batch.ledger.plan import LOOKUP, Hasher, chunked, plan_items
+from batch.ledger.reads import LedgerReads
+from batch.ledger.runs import LedgerRuns
 from batch.ledger.tx import transaction
 from batch.ledger.uploads import UploadCache
 from batch.outputs.naming import OutputRecord, check_output_path
 
 LEDGER_FILE = "ledger.sqlite"
-_COLS = ", ".join(ITEM_COLUMNS)
 # Failures after fal's request succeeded: `retry` re-attaches to the request (DESIGN inv. 3).
 REATTACH_KINDS = ("download",)
 _P, _S, _F = ItemState.pending, ItemState.submitted, ItemState.failed
 # A try is counted when it is submitted, or when it fails before it got that far.
 _COUNT_UNSUBMITTED_TRY = "attempts = attempts + (state = 'pending')"
-_WORK = (
-    f"SELECT {_COLS} FROM items INDEXED BY items_work WHERE state IN ('pending', 'submitted')"
-    " AND (state = 'submitted' OR in_manifest = 1)"
-)
-_WORK_FIRST = f"{_WORK} ORDER BY key LIMIT ?"
-_WORK_NEXT = f"{_WORK} AND key > ? ORDER BY key LIMIT ?"
 
 
 @functools.cache
@@ -67,14 +58,16 @@ def _update_sql(assignments: str, allowed: int) -> str:
     )
 
 
-class Ledger:
+class Ledger(LedgerReads, LedgerRuns):
     """The results ledger of one output folder (`<output>/ledger.sqlite`).
 
     Every method is one short transaction (or a few, for `reset_to_pending`; `plan` is one long
     one, made before the run), so it may be called straight from the event loop. The
     connection may be used from another thread (`asyncio.to_thread(ledger.plan, items)`);
     calls are serialised by a lock. `export` reads through its own connection, so it can run in
-    a thread while the loop keeps writing.
+    a thread while the loop keeps writing. Here: opening, planning, transitions and exports;
+    the read-only queries come from `LedgerReads` (reads.py), runs and meta from `LedgerRuns`
+    (runs.py).
     """
 
     def __init__(
@@ -390,131 +383,6 @@ class Ledger:
             [*stamp, *filters],
         ).rowcount
         return count
-
-    # --- reads -----------------------------------------------------------------------------
-
-    def iter_work(self, batch_size: int = 1000) -> Iterator[ItemRow]:
-        """Pending and submitted items in key order, read `batch_size` at a time (no read is
-        held open between batches). Pending items the manifest no longer lists are left out;
-        submitted ones are kept, to collect what was already paid for."""
-        last: str | None = None
-        while True:
-            with self._lock:
-                if last is None:
-                    rows = self._conn.execute(_WORK_FIRST, (batch_size,)).fetchall()
-                else:
-                    rows = self._conn.execute(_WORK_NEXT, (last, batch_size)).fetchall()
-            yield from map(ItemRow.from_row, rows)
-            if len(rows) < batch_size:
-                return
-            last = rows[-1]["key"]
-
-    def get(self, key: str) -> ItemRow | None:
-        with self._lock:
-            row = self._conn.execute(f"SELECT {_COLS} FROM items WHERE key = ?", (key,)).fetchone()
-        return None if row is None else ItemRow.from_row(row)
-
-    def state(self, key: str) -> ItemState | None:
-        """The item's state alone (what a finalizer checks before it downloads)."""
-        with self._lock:
-            row = self._conn.execute("SELECT state FROM items WHERE key = ?", (key,)).fetchone()
-        return None if row is None else ItemState(row[0])
-
-    def find_request(self, request_id: str) -> ItemRow | None:
-        """The item whose current request is `request_id` (what a webhook names), if any."""
-        sql = f"SELECT {_COLS} FROM items WHERE request_id = ? LIMIT 1"
-        with self._lock:
-            row = self._conn.execute(sql, (request_id,)).fetchone()
-        return None if row is None else ItemRow.from_row(row)
-
-    def get_meta(self, name: str) -> str | None:
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta(self, name: str, value: str | None) -> None:
-        with self._tx() as conn:
-            if value is None:
-                conn.execute("DELETE FROM meta WHERE name = ?", (name,))
-            else:
-                conn.execute(
-                    "INSERT INTO meta (name, value) VALUES (?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                    (name, value),
-                )
-
-    def last_item_change(self) -> float:
-        """When any item last changed (epoch seconds; 0 for an empty ledger)."""
-        with self._lock:
-            row = self._conn.execute("SELECT max(updated_at) FROM items").fetchone()
-        return float(row[0] or 0.0)
-
-    def possible_duplicates(self) -> int:
-        """Items a submit of which may have been queued twice (an answer lost in transit)."""
-        with self._lock:
-            row = self._conn.execute("SELECT count(*) FROM items WHERE possible_duplicate = 1")
-            return int(row.fetchone()[0])
-
-    def counts(self) -> dict[str, int]:
-        """Items by state, every state present."""
-        result = dict.fromkeys(ItemState, 0)
-        with self._lock:
-            rows = self._conn.execute("SELECT state, count(*) FROM items GROUP BY state")
-            for state, n in rows:
-                result[ItemState(state)] = n
-        return {str(state): n for state, n in result.items()}
-
-    def failures(self, limit: int = 10) -> list[FailureGroup]:
-        """Failed items grouped by error kind, largest group first, with one example each."""
-        sql = (
-            "SELECT coalesce(error_kind, 'unknown'), count(*) AS n, min(key), error_message"
-            " FROM items WHERE state = 'failed' GROUP BY error_kind"
-            " ORDER BY n DESC, error_kind LIMIT ?"
-        )
-        with self._lock:
-            rows = self._conn.execute(sql, (limit,)).fetchall()
-        return [FailureGroup(kind, n, key, message or "") for kind, n, key, message in rows]
-
-    def outputs(self, key: str) -> list[OutputRecord]:
-        sql = (
-            "SELECT idx, path, url, bytes, sha256, width, height, content_type FROM outputs"
-            " WHERE item_key = ? ORDER BY idx"
-        )
-        with self._lock:
-            rows = self._conn.execute(sql, (key,)).fetchall()
-        return [OutputRecord(*row) for row in rows]
-
-    # --- runs ------------------------------------------------------------------------------
-
-    def start_run(self, settings: Mapping[str, Any]) -> int:
-        """Record a run's start (settings without secrets); later changes carry its id."""
-        text = json.dumps(redact(settings), sort_keys=True, default=str)
-        with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT INTO runs (started_at, settings) VALUES (?, ?)", (self._clock(), text)
-            )
-        run_id = cur.lastrowid
-        assert run_id is not None
-        self.run_id = run_id
-        return run_id
-
-    def finish_run(self, run_id: int, counts: Mapping[str, Any], exit_code: int) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE runs SET ended_at = ?, counts = ?, exit_code = ? WHERE id = ?",
-                (self._clock(), json.dumps(dict(counts), sort_keys=True), exit_code, run_id),
-            )
-
-    def run(self, run_id: int) -> dict[str, Any] | None:
-        """A run's row, with settings and counts decoded."""
-        with self._lock:
-            row = self._conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        if row is None:
-            return None
-        data = dict(row)
-        for name in ("settings", "counts"):
-            data[name] = None if data[name] is None else json.loads(data[name])
-        return data
 
     # --- exports ---------------------------------------------------------------------------
 

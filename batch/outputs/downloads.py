@@ -234,6 +234,11 @@ class Publisher:
             self._worker = asyncio.create_task(self._drain())
         return await future
 
+    async def aclose(self) -> None:
+        """Wait until every file handed over so far is published (or has failed)."""
+        while self._worker is not None and not self._worker.done():
+            await asyncio.gather(self._worker, return_exceptions=True)
+
     async def _drain(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []

@@ -80,9 +80,9 @@ def write_unsynced(tmp: Path, data: bytes) -> None:
 def sync_files(paths: list[Path]) -> dict[Path, OSError]:
     """Make written files durable; those that could not be, with why.
 
-    On Linux one `syncfs` per folder flushes them all at once: an fsync per file costs a
-    journal commit each (0.1-0.5 ms of CPU per file on ext4), more than all else a small image
-    costs. Elsewhere, or where `syncfs` fails, each file is fsynced.
+    On Linux one `syncfs` per folder flushes them all at once: an fsync per file forces a
+    journal commit per file, and for a small image that commit costs more than everything else
+    about writing it. Elsewhere, or where `syncfs` fails, each file is fsynced.
     """
     synced = {folder for folder in {p.parent for p in paths} if _syncfs(folder)}
     failed: dict[Path, OSError] = {}

@@ -19,7 +19,9 @@ from collections import Counter
 
 from batch.fal import AuthError
 from batch.ledger import ItemRow
+from batch.pipeline.finish import record_failure
 from batch.pipeline.item import ItemContext, Slot, run_item
+from batch.pipeline.race import first_of
 
 log = logging.getLogger("batch.run")
 
@@ -88,9 +90,7 @@ class Dispatcher:
             return
         self._turns[row.key] += 1
         if self._turns[row.key] > MAX_TURNS:
-            self.ctx.ledger.mark_failed(row.key, "stuck", f"no progress after {MAX_TURNS} turns")
-            self.ctx.stats.failed += 1
-            self.ctx.stats.failed_by_kind["stuck"] += 1
+            await record_failure(self.ctx, row.key, "stuck", f"no progress after {MAX_TURNS} turns")
             return
         if not await self._take_slot():
             self._push(time.monotonic(), row.key)  # stopping: left for the next run
@@ -110,11 +110,8 @@ class Dispatcher:
                 raise
         else:
             acquire = asyncio.ensure_future(self.ctx.admission.acquire_slot())
-            stop = asyncio.ensure_future(self.stop.draining.wait())
-            await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if not acquire.done() or acquire.cancelled():
-                acquire.cancel()
+            await first_of(acquire, self.stop.draining.wait())
+            if acquire.cancelled():
                 return False
         if self.stop.draining.is_set():
             self.ctx.admission.release_slot()
@@ -147,29 +144,15 @@ class Dispatcher:
         if self._later:
             timeout = max(0.0, self._later[0][0] - time.monotonic())
         self._wake.clear()
-        waiters = [asyncio.ensure_future(self._wake.wait())]
-        waiters.append(asyncio.ensure_future(self.stop.draining.wait()))
-        try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
+        await first_of(self._wake.wait(), self.stop.draining.wait(), timeout=timeout)
 
     async def _finish(self) -> None:
         """Drain what is in flight (bounded), then cancel whatever is left."""
         if self._tasks and self.fatal is None:
-            abort = asyncio.ensure_future(self.stop.abort.wait())
-            drain = asyncio.ensure_future(asyncio.wait(set(self._tasks)))
-            await asyncio.wait(
-                {abort, drain}, timeout=self.drain_timeout, return_when=asyncio.FIRST_COMPLETED
+            await first_of(
+                self.stop.abort.wait(), asyncio.wait(set(self._tasks)), timeout=self.drain_timeout
             )
-            abort.cancel()
-            drain.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    @property
-    def unfinished(self) -> int:
-        return len(self._later)

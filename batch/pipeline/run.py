@@ -28,7 +28,8 @@ from batch.pipeline.admission import Admission
 from batch.pipeline.budget import cost_lines, make_budget
 from batch.pipeline.dispatch import Dispatcher, StopSignal
 from batch.pipeline.events import NullProgress, Progress, RunStats
-from batch.pipeline.item import ItemContext, download_limit
+from batch.pipeline.finish import download_limit
+from batch.pipeline.item import ItemContext
 from batch.pipeline.planning import plan_run
 from batch.pipeline.policy import RetryPolicy
 from batch.pipeline.uploads import make_uploader
@@ -197,11 +198,7 @@ async def _execute(
     credentials: Credentials | None,
     detach: bool = False,
 ) -> None:
-    policy = policy or RetryPolicy(
-        attempts=spec.retries.attempts,
-        backoff_min=spec.retries.backoff_min,
-        backoff_max=spec.retries.backoff_max,
-    )
+    policy = policy or RetryPolicy.from_spec(spec.retries)
     receive = spec.wait == "webhook" and not detach
     writes = GroupCommit(ledger)
     async with (
@@ -242,7 +239,7 @@ async def _execute(
         try:
             await dispatcher.run()
         finally:
-            writes.flush()  # what cancelled items handed over (request ids) is kept
+            await ctx.aclose()  # what cancelled items handed over (request ids) is kept
             await uploads.aclose()
         if dispatcher.fatal is not None:
             raise dispatcher.fatal

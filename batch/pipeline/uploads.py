@@ -30,16 +30,14 @@ from batch.errors import BatchError
 from batch.fal import (
     ContentChangedError,
     QueueClient,
-    RateLimitedError,
     StorageClient,
-    TransientError,
     encode_data_uri,
 )
 from batch.job import JobSpec
 from batch.ledger import Ledger
 from batch.ledger.uploads import UploadCache
 from batch.manifest.localfiles import LocalFile, local_sha
-from batch.pipeline.policy import RetryPolicy
+from batch.pipeline.policy import RetryPolicy, retrying
 
 log = logging.getLogger("batch.uploads")
 
@@ -127,26 +125,19 @@ class Uploader:
         return await asyncio.shield(task)
 
     async def _upload(self, file: LocalFile) -> str:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                async with self._slots:
-                    url = await self.storage.upload(
-                        file.path,
-                        file.content_type,
-                        file_name=file.file_name,
-                        sha256=file.sha256,
-                    )
-                break
-            except (ContentChangedError, OSError) as exc:
-                raise InputFileError(_input_problem(file, exc)) from None
-            except (TransientError, RateLimitedError) as exc:
-                if attempt >= self._policy.attempts:
-                    raise
-                retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
-                self.stats.retried += 1
-                await asyncio.sleep(self._policy.backoff(attempt, retry_after))
+        async def once() -> str:
+            async with self._slots:
+                return await self.storage.upload(
+                    file.path, file.content_type, file_name=file.file_name, sha256=file.sha256
+                )
+
+        def count(exc: BaseException) -> None:
+            self.stats.retried += 1
+
+        try:
+            url = await retrying(once, self._policy, attempts=self._policy.attempts, on_retry=count)
+        except (ContentChangedError, OSError) as exc:
+            raise InputFileError(_input_problem(file, exc)) from None
         self._cache.put(file.sha256, self.storage.rest_url, url, file.size)
         self.stats.uploaded += 1
         self.stats.bytes += file.size

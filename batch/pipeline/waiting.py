@@ -11,20 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from batch.fal import Completed, InProgress, QueueClient, Queued, RequestHandle, Status
-from batch.fal.errors import RateLimitedError, TransientError
+from batch.fal.errors import TransientError
 from batch.pipeline.admission import make_throttler
-from batch.pipeline.policy import RetryPolicy
-
-if TYPE_CHECKING:
-    from batch.pipeline.webhook_wait import WebhookWaits
+from batch.pipeline.policy import RetryPolicy, retrying
 
 MIN_INTERVAL = 0.05
 MAX_INTERVAL = 5.0
-_STATUS_RETRIES = 6
+
+Poll = Callable[[RequestHandle], Awaitable[Completed]]
+
+
+class Hooks(Protocol):
+    """Where webhooks arrive (`batch.pipeline.webhook_wait.WebhookWaits`)."""
+
+    async def wait(
+        self, handle: RequestHandle, poll: Poll, service: ServiceTimes | None = None
+    ) -> Completed: ...
 
 
 class ServiceTimes:
@@ -101,7 +107,7 @@ class Waiter:
         slots: int = 2,
         status_rate: float | None = None,
         on_status_request: Callable[[], None] = lambda: None,
-        hooks: WebhookWaits | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.client = client
         self.policy = policy
@@ -151,18 +157,14 @@ class Waiter:
             await asyncio.sleep(delay)
 
     async def _status(self, handle: RequestHandle) -> Status:
-        failures = 0
-        while True:
+        """One status answer; status is idempotent, so transient failures are asked again."""
+
+        async def once() -> Status:
             await self._budget.acquire()  # type: ignore[no-untyped-call]
             self._count()
-            try:
-                return await self.client.status(handle)
-            except (TransientError, RateLimitedError) as exc:
-                failures += 1
-                if failures >= _STATUS_RETRIES:
-                    raise
-                retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
-                await asyncio.sleep(self.policy.backoff(failures, retry_after))
+            return await self.client.status(handle)
+
+        return await retrying(once, self.policy, attempts=self.policy.status_attempts)
 
     def _learn(self, status: Completed) -> None:
         inference = status.metrics.get("inference_time")

@@ -24,17 +24,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from batch.cli.collector import fewer_collections
-from batch.fal import AuthError, Credentials, QueueClient, RequestHandle, credentials_from_env
+from batch.fal import AuthError, Credentials, QueueClient, credentials_from_env
 from batch.fal.webhooks import JwksCache, WebhookDelivery, WebhookReceiver
 from batch.job import JobError, JobSpec
 from batch.ledger import LEDGER_FILE, ItemRow, Ledger
 from batch.ledger.group import GroupCommit
-from batch.pipeline.admission import Admission
 from batch.pipeline.events import RunStats
-from batch.pipeline.item import ItemContext, download_limit, finish_item
+from batch.pipeline.finish import Finisher, download_limit, finish_item, handle_of
 from batch.pipeline.policy import RetryPolicy
-from batch.pipeline.waiting import Waiter
+from batch.pipeline.race import first_of
 
 log = logging.getLogger("batch.webhooks")
 
@@ -49,7 +47,7 @@ class Collector:
     `errors`.
     """
 
-    def __init__(self, ctx: ItemContext) -> None:
+    def __init__(self, ctx: Finisher) -> None:
         self.ctx = ctx
         self.stats: Counter[str] = Counter()
         self.changed = asyncio.Event()
@@ -80,7 +78,9 @@ class Collector:
 
     async def _finalize(self, row: ItemRow, delivery: WebhookDelivery) -> None:
         try:
-            again = await finish_item(self.ctx, row, _handle(self.ctx, row), delivery.completed())
+            handle = handle_of(self.ctx.client, row)
+            assert handle is not None  # a submitted row with a request id
+            again = await finish_item(self.ctx, row, handle, delivery.completed())
             if again is not None:
                 self.stats["left"] += 1
                 log.info("item %s left for a later run (its result could not be fetched)", row.key)
@@ -97,15 +97,6 @@ class Collector:
     async def drain(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-
-def _handle(ctx: ItemContext, row: ItemRow) -> RequestHandle:
-    assert row.request_id is not None
-    if row.status_url and row.response_url and row.cancel_url:
-        return RequestHandle(
-            row.endpoint, row.request_id, row.status_url, row.response_url, row.cancel_url
-        )
-    return ctx.client.handle_for(row.endpoint, row.request_id)
 
 
 @dataclass
@@ -150,11 +141,7 @@ class WebhookService:
         if not (spec.output / LEDGER_FILE).exists():
             raise JobError([f"{spec.output}: no ledger yet (run the job with --detach first)"])
         self.spec = spec
-        self.policy = policy or RetryPolicy(
-            attempts=spec.retries.attempts,
-            backoff_min=spec.retries.backoff_min,
-            backoff_max=spec.retries.backoff_max,
-        )
+        self.policy = policy or RetryPolicy.from_spec(spec.retries)
         self._credentials = credentials
         self._receiver_options = receiver_options
         self._stack = contextlib.AsyncExitStack()
@@ -165,7 +152,6 @@ class WebhookService:
         async with contextlib.AsyncExitStack() as stack:
             self.ledger = stack.enter_context(Ledger.open(self.spec.output))
             stack.enter_context(self.ledger.background_checkpoints())
-            stack.enter_context(fewer_collections())
             client = await stack.enter_async_context(
                 QueueClient(
                     base_url=self.spec.queue,
@@ -174,11 +160,9 @@ class WebhookService:
                     max_connections=max(100, 2 * download_limit(self.spec.concurrency)),
                 )
             )
-            self.ctx = ItemContext(
+            self.ctx = Finisher(
                 client=client,
                 ledger=self.ledger,
-                admission=Admission(1, 1.0),  # nothing is submitted here
-                waiter=Waiter(client, self.policy),
                 policy=self.policy,
                 stats=RunStats(),
                 output_dir=self.spec.output,
@@ -203,7 +187,7 @@ class WebhookService:
     async def _close(self) -> None:
         await self.receiver.stop()
         await self.collector.drain()
-        self.ctx.writes.flush()
+        await self.ctx.aclose()
         self.ledger.export(self.spec.output)
         self._counts = self.ledger.counts()  # the ledger closes next
 
@@ -253,15 +237,7 @@ async def _serve_until(
         if until_done and not collector.busy and ledger.counts()["submitted"] == 0:
             return
         collector.changed.clear()
-        waits = [
-            asyncio.ensure_future(stop.wait()),
-            asyncio.ensure_future(collector.changed.wait()),
-        ]
-        try:
-            await asyncio.wait(waits, timeout=CHECK_INTERVAL_S, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
+        await first_of(stop.wait(), collector.changed.wait(), timeout=CHECK_INTERVAL_S)
 
 
 @contextlib.contextmanager

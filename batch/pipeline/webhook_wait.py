@@ -20,15 +20,15 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 from batch.fal import Completed, QueueClient, RequestHandle
 from batch.fal.webhooks import JwksCache, WebhookDelivery, WebhookReceiver
 from batch.job import JobError, JobSpec
 from batch.ledger import Ledger
 from batch.ledger.group import GroupCommit
-from batch.pipeline.waiting import ServiceTimes
+from batch.pipeline.race import first_of
+from batch.pipeline.waiting import Poll, ServiceTimes
 
 log = logging.getLogger("batch.run")
 
@@ -36,8 +36,6 @@ SAFETY_FACTOR = 1.5  # × p95 of the observed times from submit to webhook
 NO_SAMPLE_FACTOR = 6.0  # × safety_net, before any time has been observed
 WINDOW = 256  # recent observations kept
 SLICE_S = 0.5  # how often a waiting item looks at a timeout that may have shrunk
-
-Poll = Callable[[RequestHandle], Awaitable[Completed]]
 
 
 class Arrivals:
@@ -180,13 +178,7 @@ class WebhookWaits:
         self, hook: asyncio.Future[WebhookDelivery], handle: RequestHandle, poll: Poll
     ) -> Completed:
         poller = asyncio.ensure_future(poll(handle))
-        either: set[asyncio.Future[Any]] = {hook, poller}
-        try:
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not poller.done():
-                poller.cancel()
-                await asyncio.gather(poller, return_exceptions=True)
+        await first_of(asyncio.shield(hook), poller)
         if hook.done() and not hook.cancelled():
             self.stats["won_by_webhook"] += 1
             return hook.result().completed()

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from batch.ledger import FailureGroup, Ledger
+from batch.ledger.spend import job_spend
 from batch.manifest.pricing import PriceSpec, usd
-from batch.pipeline.budget import Budget
 
 STATES = ("completed", "failed", "submitted", "pending")
 
@@ -161,7 +161,7 @@ def job_status(
     status.run = _latest_run(ledger, time.time() if now is None else now)
     if price is not None:
         status.price = price
-        status.spent = Budget(ledger, price, float("inf")).spent
+        status.spent = job_spend(ledger, price).spent
     return status
 
 

@@ -5,10 +5,12 @@
 
 Modules: `config` (SimConfig, Latency), `faults` (FaultPlan, FaultRule), `counters`, `paths`,
 `jobs` (records, outcomes, status bodies), `model` (queue and slots), `gateway` (counting,
-faults and auth middlewares), `app` (routes), `server` (Simulator, run_forever), `tls`;
+faults and auth middlewares), `app` (routes), `server` (Simulator, run_forever), `tls`,
+`clock` (the simulator's wall clock; `ManualClock` for tests);
 `imaging` and `storage` hold the pixels and the file store.
 """
 
+from batch.sim.clock import Clock, ManualClock
 from batch.sim.config import Latency, SimConfig
 from batch.sim.counters import Counters, payload_hash
 from batch.sim.faults import FaultPlan, FaultRule
@@ -16,11 +18,13 @@ from batch.sim.jobs import JobRecord
 from batch.sim.server import Simulator, run_forever, serve
 
 __all__ = [
+    "Clock",
     "Counters",
     "FaultPlan",
     "FaultRule",
     "JobRecord",
     "Latency",
+    "ManualClock",
     "SimConfig",
     "Simulator",
     "payload_hash",

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from batch.sim import jobs
+from batch.sim.clock import Clock
 from batch.sim.config import SimConfig
 from batch.sim.counters import Counters, payload_hash
 from batch.sim.faults import FaultInjector
@@ -46,18 +47,22 @@ NOT_FOUND = {"status": "NOT_FOUND"}
 
 
 class SubmitBucket:
-    """A token bucket for `max_submits_per_second`: the excess gets 429 with Retry-After."""
+    """A token bucket for `max_submits_per_second`: the excess gets 429 with Retry-After.
 
-    def __init__(self, rate: float) -> None:
+    It refills by `clock` (the simulator's); a clock set back refills nothing meanwhile."""
+
+    def __init__(self, rate: float, clock: Clock = time.monotonic) -> None:
         self.rate = rate
         self.capacity = max(1.0, rate)
         self.tokens = self.capacity
-        self.stamp = time.monotonic()
+        self.clock = clock
+        self.stamp = clock()
 
     def take(self) -> float:
         """0 when a submit may pass now, else the seconds until one may."""
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        now = self.clock()
+        elapsed = max(0.0, now - self.stamp)
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
         self.stamp = now
         if self.tokens >= 1:
             self.tokens -= 1
@@ -96,15 +101,17 @@ class QueueApp:
         model: Model,
         counters: Counters,
         signer: WebhookSigner | None = None,
+        clock: Clock = time.time,
     ):
         self.config = config
+        self.clock = clock
         self.signer = signer or WebhookSigner()
         self.store = store
         self.model = model
         self.counters = counters
         self.injector = FaultInjector(config.faults)
         rate = config.max_submits_per_second
-        self.bucket = SubmitBucket(rate) if rate is not None else None
+        self.bucket = SubmitBucket(rate, clock) if rate is not None else None
 
     def build(self) -> web.Application:
         app = web.Application(
@@ -121,7 +128,7 @@ class QueueApp:
                 web.get("/_sim/jobs", self.admin_jobs),
                 web.get("/_sim/health", self.admin_health),
                 web.get("/.well-known/jwks.json", self.jwks),
-                *storage_routes(self.store, token_ttl_s=self.config.token_ttl_s),
+                *storage_routes(self.store, token_ttl_s=self.config.token_ttl_s, clock=self.clock),
                 web.post("/{tail:.*}", self.submit),
                 web.get("/{tail:.*}", self.request),
                 web.put("/{tail:.*}", self.request),

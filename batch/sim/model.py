@@ -5,7 +5,8 @@ slot is free, validates its input with `EditInput`, fetches its inputs, renders 
 the file store and takes its service time (drawn at submit time from the seeded latency
 distribution, so runs are reproducible). Then it is COMPLETED with an `Outcome` and kept for
 `retention_s`; expired jobs are dropped lazily, so memory stays flat over long runs (their small
-`JobRecord` is kept for oracles).
+`JobRecord` is kept for oracles). Stamps and retention read the model's `clock` (epoch seconds,
+`time.time` unless a test gives a `ManualClock`); service times run on the event loop's clock.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 
 from batch.schema import EditInput, image_size_pixels
 from batch.sim import jobs
+from batch.sim.clock import Clock
 from batch.sim.config import SimConfig
 from batch.sim.faults import FaultRule
 from batch.sim.imaging import InputImageError, fetch_input, render
@@ -73,9 +75,10 @@ class Lane:
 class Model:
     """The queue, the slots and every live job of one simulator."""
 
-    def __init__(self, config: SimConfig, store: FileStore) -> None:
+    def __init__(self, config: SimConfig, store: FileStore, clock: Clock = time.time) -> None:
         self.config = config
         self.store = store
+        self.clock = clock  # the records' stamps and retention (epoch seconds)
         self.session: aiohttp.ClientSession | None = None
         self.closing = False
         self._latency_rng = random.Random(f"{config.seed}:latency")
@@ -164,7 +167,7 @@ class Model:
             endpoint=endpoint,
             payload_hash=digest,
             priority="low" if low else "normal",
-            submitted_at=time.time(),
+            submitted_at=self.clock(),
             service_time=self.config.latency.draw(self._latency_rng),
         )
         job = Job(
@@ -241,7 +244,7 @@ class Model:
                 job.timeout_handle.cancel()
                 job.timeout_handle = None
             job.state = IN_PROGRESS
-            job.record.started_at = time.time()
+            job.record.started_at = self.clock()
             self._busy += 1
             task = asyncio.create_task(self._execute(job), name=f"sim-job-{job.request_id}")
             job.task = task
@@ -254,7 +257,7 @@ class Model:
         job.outcome = outcome
         job.payload = None
         job.task = None
-        job.record.completed_at = time.time()
+        job.record.completed_at = self.clock()
         job.record.error_type = outcome.error_type
         job.record.result_status = outcome.status
         self._done.append(job)
@@ -263,7 +266,7 @@ class Model:
             self.on_complete(job)
 
     def _sweep(self) -> None:
-        cutoff = time.time() - self.config.retention_s
+        cutoff = self.clock() - self.config.retention_s
         while self._done and (self._done[0].record.completed_at or 0.0) <= cutoff:
             self._jobs.pop(self._done.popleft().request_id, None)
 

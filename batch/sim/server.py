@@ -6,6 +6,9 @@
 Jobs submitted with `?fal_webhook=<url>` are delivered there, signed (`sim.webhooks`,
 `sim.signer`; the public key at `sim.jwks_url`).
 
+`Simulator(clock=ManualClock())` puts the jobs' stamps, result retention, CDN token expiry and
+the submit rate limit on a clock the caller advances (`clock.py`); the default is `time.time`.
+
 `run_forever(config)` serves until Ctrl-C and prints the URL (never the key).
 """
 
@@ -15,6 +18,7 @@ import asyncio
 import contextlib
 import ssl
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from batch.sim.app import QueueApp
+from batch.sim.clock import Clock
 from batch.sim.config import SimConfig
 from batch.sim.counters import Counters
 from batch.sim.jobs import JobRecord
@@ -36,11 +41,14 @@ SHUTDOWN_TIMEOUT_S = 1.0
 class Simulator:
     """A running (after `start()`) simulator bound to `config.host`:`config.port`."""
 
-    def __init__(self, config: SimConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, config: SimConfig | None = None, *, clock: Clock = time.time, **overrides: Any
+    ) -> None:
         base = config or SimConfig()
         if overrides:
             base = SimConfig.model_validate({**base.model_dump(), **overrides})
         self.config = base
+        self.clock = clock
         self.counters = Counters()
         self.store = FileStore()
         self.signer = WebhookSigner()
@@ -96,12 +104,14 @@ class Simulator:
             files = make_tls(Path(self._tmp.name), [self.config.host])
             self.ca_file = files.ca_file
             ssl_context = files.server_context()
-        model = Model(self.config, self.store)
+        model = Model(self.config, self.store, self.clock)
         await model.start()
         self._model = model
         await self.webhooks.start()
         model.on_complete = self.webhooks.deliver
-        app = QueueApp(self.config, self.store, model, self.counters, self.signer).build()
+        app = QueueApp(
+            self.config, self.store, model, self.counters, self.signer, self.clock
+        ).build()
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
         )

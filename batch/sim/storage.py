@@ -45,6 +45,8 @@ from typing import Any
 
 from aiohttp import web
 
+from batch.sim.clock import Clock
+
 CDN_STORAGE_TYPE = "fal-cdn-v3"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 MAX_PART_NUMBER = 10_000
@@ -163,21 +165,22 @@ def _parse_parts(body: Any) -> list[tuple[int, str]] | None:
 class _Cdn:
     """The state behind the CDN routes: issued tokens and multipart uploads in progress."""
 
-    def __init__(self, store: FileStore, token_ttl_s: float) -> None:
+    def __init__(self, store: FileStore, token_ttl_s: float, clock: Clock) -> None:
         self.store = store
         self.token_ttl_s = token_ttl_s
+        self.clock = clock
         self.tokens: dict[str, float] = {}  # token -> expiry (epoch seconds)
         self.uploads: dict[str, _Multipart] = {}  # uploadId -> upload
 
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         expiry = self.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
-        return expiry is not None and time.time() < expiry
+        return expiry is not None and self.clock() < expiry
 
     async def token(self, request: web.Request) -> web.Response:
         if request.query.get("storage_type") != CDN_STORAGE_TYPE:
             return _error(400, "Invalid storage type")
-        now = time.time()
+        now = self.clock()
         self.tokens = {t: exp for t, exp in self.tokens.items() if exp > now}
         token = secrets.token_urlsafe(32)
         self.tokens[token] = now + self.token_ttl_s
@@ -269,9 +272,13 @@ class _Cdn:
         return web.Response(body=data, headers={"Content-Type": content_type})
 
 
-def storage_routes(store: FileStore, *, token_ttl_s: float = 30 * 24 * 3600) -> list[web.RouteDef]:
-    """The CDN token, upload and download routes over `store` (see the module docstring)."""
-    cdn = _Cdn(store, token_ttl_s)
+def storage_routes(
+    store: FileStore, *, token_ttl_s: float = 30 * 24 * 3600, clock: Clock = time.time
+) -> list[web.RouteDef]:
+    """The CDN token, upload and download routes over `store` (see the module docstring).
+
+    Tokens live `token_ttl_s` seconds of `clock` (epoch seconds; a `ManualClock` in tests)."""
+    cdn = _Cdn(store, token_ttl_s, clock)
     multipart = r"/files/{key:.+}/multipart/{upload_id:[^/]+}"
     return [
         web.post("/storage/auth/token", cdn.token),

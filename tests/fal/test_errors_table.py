@@ -3,17 +3,19 @@
 import aiohttp
 import pytest
 
+from batch.errors import BatchError
 from batch.fal.errors import (
     AmbiguousSubmitError,
     AuthError,
     ConnectError,
+    FalError,
     NotFoundError,
     PermanentError,
     RateLimitedError,
     StartTimeoutError,
     TransientError,
-    is_retryable,
 )
+from batch.fal.jwks import JwksUnavailableError
 from batch.fal.transport import (
     Reply,
     error_for_exception,
@@ -106,18 +108,21 @@ def test_connect_failure_is_not_ambiguous():
 
 
 @pytest.mark.parametrize(
-    ("exc", "retry", "kind"),
+    ("exc", "kind"),
     [
-        (TransientError("x"), True, "transient"),
-        (AmbiguousSubmitError("x"), True, "transient"),
-        (ConnectError("x"), True, "transient"),
-        (RateLimitedError("x"), True, "rate_limited"),
-        (PermanentError("x"), False, "permanent"),
-        (NotFoundError("x"), False, "permanent"),
-        (StartTimeoutError("x"), False, "permanent"),
-        (AuthError("x"), False, "auth"),
+        (TransientError("x"), "transient"),
+        (AmbiguousSubmitError("x"), "transient"),
+        (ConnectError("x"), "transient"),
+        (JwksUnavailableError("x"), "transient"),
+        (RateLimitedError("x"), "rate_limited"),
+        (PermanentError("x"), "permanent"),
+        (NotFoundError("x"), "permanent"),
+        (StartTimeoutError("x"), "permanent"),
+        (AuthError("x"), "auth"),
+        (FalError("x"), "error"),
     ],
 )
-def test_retry_decision_table(exc, retry, kind):
-    assert is_retryable(exc) is retry
+def test_kind_table(exc, kind):
+    """The name the ledger records is the base class's, however deep the subclass."""
     assert exc.kind == kind
+    assert isinstance(exc, BatchError)

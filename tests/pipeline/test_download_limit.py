@@ -2,9 +2,9 @@
 
 import pytest
 
-import batch.pipeline.item as item_module
+import batch.pipeline.finish as finish_module
 from batch.errors import ExitCode
-from batch.pipeline.item import MAX_DOWNLOADS, MIN_DOWNLOADS, download_limit
+from batch.pipeline.finish import MAX_DOWNLOADS, MIN_DOWNLOADS, download_limit
 from batch.sim import FaultPlan, FaultRule
 
 
@@ -20,7 +20,7 @@ async def test_downloads_fill_their_limit_and_never_pass_it(runner, monkeypatch,
     """Every image download is slow, every job instant: results pile up, and the run downloads
     exactly `download_limit` of them at once."""
     running = peak = 0
-    real = item_module.download_image
+    real = finish_module.download_image
 
     async def counted(*args, **kwargs):
         nonlocal running, peak
@@ -31,7 +31,7 @@ async def test_downloads_fill_their_limit_and_never_pass_it(runner, monkeypatch,
         finally:
             running -= 1
 
-    monkeypatch.setattr(item_module, "download_image", counted)
+    monkeypatch.setattr(finish_module, "download_image", counted)
     await runner.start(
         capacity=concurrency,
         latency="fixed:0",

@@ -101,5 +101,5 @@ async def test_budget_stop_from_the_command_line(make_runner, tmp_path):
     assert proc.returncode == 4, err.decode()
     text = out.decode()
     assert "stopped by the budget: $0.52 spent or in flight of max_usd $0.60" in text
-    assert "2 completed, 0 failed, 2 pending" in text
+    assert "2 completed, 0 failed, 2 pending" in text, text
     assert runner.sim.counters.accepted_submits == 2

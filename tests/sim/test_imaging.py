@@ -1,10 +1,13 @@
-"""The simulated model's images: fetching inputs, and deterministic, recognisable renders."""
+"""The simulated model's images: fetching inputs, and deterministic, recognisable renders.
+
+How fast `render` is (ms per render at these sizes) is measured by benchmarks/imaging.py, not
+asserted here.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote_from_bytes
@@ -137,16 +140,6 @@ def test_render_rejects_bad_arguments() -> None:
     with pytest.raises(InputImageError) as info:
         render([ASTRONAUT, b"not an image"], "p", 1, None, "png", 0)
     assert info.value.index == 1
-
-
-def test_render_small_case_is_fast() -> None:
-    """A 64×64 edit of a 64×64 input takes a few milliseconds (benchmarks render thousands)."""
-    source = small(ASTRONAUT)
-    render([source], "p", 1, None, "png", 0)
-    start = time.perf_counter()
-    for seed in range(100):
-        render([source], "make it blue", seed, None, "png", 0)
-    assert (time.perf_counter() - start) / 100 < 0.02  # measured ~1 ms; generous for CI
 
 
 # --- fetch_input -----------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from batch.sim import ManualClock
+
 LOW = {"X-Fal-Queue-Priority": "low"}
 
 
@@ -105,10 +107,17 @@ async def test_max_queue_length_must_be_an_integer(api: Any, payload: dict[str, 
 async def test_max_submits_per_second_answers_429_with_retry_after(
     start_sim: Any, payload: dict[str, Any]
 ) -> None:
-    api = await start_sim(max_submits_per_second=0.01)
+    clock = ManualClock()
+    api = await start_sim(max_submits_per_second=0.25, clock=clock)
     await api.submit(payload)
     reply = await api.call("POST", f"/{api.endpoint}", json=payload)
     assert reply.status == 429
-    assert int(reply.headers["retry-after"]) >= 1
+    assert int(reply.headers["retry-after"]) == 4  # one submit per 4 s
     assert reply.json()["error_type"] == "concurrent_requests_limit"
     assert api.sim.counters.accepted_submits == 1
+    clock.advance(3)
+    reply = await api.call("POST", f"/{api.endpoint}", json=payload)
+    assert reply.status == 429 and int(reply.headers["retry-after"]) == 1
+    clock.advance(1)  # the bucket has refilled one submit
+    await api.submit(payload)
+    assert api.sim.counters.accepted_submits == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import random
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from batch.sim import Latency, SimConfig, payload_hash
+from batch.sim import Latency, ManualClock, SimConfig, payload_hash
 
 
 def test_payload_hash_is_sha256_of_canonical_json() -> None:
@@ -114,13 +113,16 @@ def test_config_accepts_latency_strings_and_hides_the_key() -> None:
 
 async def test_results_expire_after_retention(start_sim: Any, payload: dict[str, Any]) -> None:
     """After retention_s, status and result are 404; the job record stays for oracles."""
-    api = await start_sim(retention_s=0.2)
+    clock = ManualClock()
+    api = await start_sim(retention_s=60, clock=clock)
     sub = await api.submit(payload)
     await api.wait_for(sub)
     assert (await api.result(sub)).status == 200
-    async with asyncio.timeout(10):
-        while (await api.status(sub)).status != 404:
-            await asyncio.sleep(0.02)
+    clock.advance(59.5)  # not yet
+    assert (await api.status(sub)).status == 200
+    assert (await api.result(sub)).status == 200
+    clock.advance(0.5)  # retention_s after completion: gone
+    assert (await api.status(sub)).status == 404
     result = await api.result(sub)
     assert result.status == 404 and result.json() == {"status": "NOT_FOUND"}
     assert (await api.call("PUT", sub["cancel_url"])).status == 404

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from batch.sim import ManualClock
 from batch.sim.storage import FileStore, storage_routes
 
 SAMPLES = Path("/work/shared/data/sample-images")
@@ -123,6 +124,24 @@ async def test_expired_token_is_401(serve: Serve, http: aiohttp.ClientSession) -
     auth = await get_token(http, base)
     headers = {"Authorization": auth, "Content-Type": "image/png"}
     async with http.post(f"{base}/files/upload", data=b"x", headers=headers) as resp:
+        assert resp.status == 401
+
+
+async def test_token_authorizes_until_its_ttl_on_the_clock(
+    serve: Serve, http: aiohttp.ClientSession
+) -> None:
+    """A token works until token_ttl_s have passed on the routes' clock, then answers 401."""
+    clock = ManualClock()
+    base = await serve(token_ttl_s=60, clock=clock)
+    auth = await get_token(http, base)
+    headers = {"Authorization": auth, "Content-Type": "image/png"}
+    clock.advance(59.5)
+    async with http.post(f"{base}/files/upload", data=b"x", headers=headers) as resp:
+        assert resp.status == 200
+    clock.advance(0.5)
+    async with http.post(f"{base}/files/upload", data=b"x", headers=headers) as resp:
+        assert resp.status == 401
+    async with http.post(f"{base}/files/upload/multipart", headers=headers) as resp:
         assert resp.status == 401
 
 

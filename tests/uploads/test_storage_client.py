@@ -13,7 +13,7 @@ from PIL import Image
 
 from batch.fal import AuthError, ContentChangedError, Credentials, StorageClient, TransientError
 from batch.fal.errors import ConnectError, RateLimitedError
-from batch.sim import FaultPlan, FaultRule
+from batch.sim import FaultPlan, FaultRule, ManualClock
 
 
 def image_bytes(color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
@@ -89,12 +89,14 @@ async def test_token_is_cached_until_it_expires(start_storage):
 
 async def test_expired_token_refused_by_the_cdn_is_refreshed_once(start_storage):
     """The CDN answers 401 for a token past its life: one new token, the upload retried."""
-    frozen = 1_000_000.0
+    sim_clock = ManualClock(start=1_000_000.0)
+    frozen = sim_clock.now
     sim, storage = await start_storage(
-        token_ttl_s=0.2, client={"clock": lambda: frozen, "token_margin": 0}
+        token_ttl_s=60, clock=sim_clock, client={"clock": lambda: frozen, "token_margin": 0}
     )
     await storage.upload(image_bytes(), "image/png")
-    await asyncio.sleep(0.3)  # the simulator's token expires; our frozen clock does not know
+    assert sim.counters.responses_for("upload", 401) == 0
+    sim_clock.advance(60)  # the simulator's token expires; our frozen clock does not know
     url = await storage.upload(image_bytes(color=(9, 9, 9)), "image/png")
     assert url.startswith(sim.url)
     assert sim.counters.responses_for("upload", 401) == 1

@@ -12,15 +12,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from batch.fal.errors import TransientError
-from batch.fal.webhooks import (
+from batch.fal.jwks import (
     JsonWebKey,
     JwksCache,
     JwksUnavailableError,
+    decode_base64url,
+    parse_jwks,
+)
+from batch.fal.webhooks import (
     WebhookDelivery,
     WebhookRejected,
-    decode_base64url,
     parse_delivery,
-    parse_jwks,
     read_headers,
     signed_message,
     signing_key,

@@ -1,0 +1,98 @@
+"""`LedgerReads`: the ledger's read-only queries of items and outputs (`Ledger` inherits them).
+
+Each read holds the ledger's lock for one short SELECT and writes nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+
+from batch.ledger.models import ITEM_COLUMNS, FailureGroup, ItemRow, ItemState
+from batch.outputs.naming import OutputRecord
+
+_COLS = ", ".join(ITEM_COLUMNS)
+_WORK = (
+    f"SELECT {_COLS} FROM items INDEXED BY items_work WHERE state IN ('pending', 'submitted')"
+    " AND (state = 'submitted' OR in_manifest = 1)"
+)
+_WORK_FIRST = f"{_WORK} ORDER BY key LIMIT ?"
+_WORK_NEXT = f"{_WORK} AND key > ? ORDER BY key LIMIT ?"
+
+
+class LedgerReads:
+    """Items and outputs as they are; a base of `batch.ledger.store.Ledger`, which owns the
+    connection and its lock."""
+
+    _conn: sqlite3.Connection
+    _lock: threading.RLock
+
+    def iter_work(self, batch_size: int = 1000) -> Iterator[ItemRow]:
+        """Pending and submitted items in key order, read `batch_size` at a time (no read is
+        held open between batches). Pending items the manifest no longer lists are left out;
+        submitted ones are kept, to collect what was already paid for."""
+        last: str | None = None
+        while True:
+            with self._lock:
+                if last is None:
+                    rows = self._conn.execute(_WORK_FIRST, (batch_size,)).fetchall()
+                else:
+                    rows = self._conn.execute(_WORK_NEXT, (last, batch_size)).fetchall()
+            yield from map(ItemRow.from_row, rows)
+            if len(rows) < batch_size:
+                return
+            last = rows[-1]["key"]
+
+    def get(self, key: str) -> ItemRow | None:
+        with self._lock:
+            row = self._conn.execute(f"SELECT {_COLS} FROM items WHERE key = ?", (key,)).fetchone()
+        return None if row is None else ItemRow.from_row(row)
+
+    def state(self, key: str) -> ItemState | None:
+        """The item's state alone (what a finalizer checks before it downloads)."""
+        with self._lock:
+            row = self._conn.execute("SELECT state FROM items WHERE key = ?", (key,)).fetchone()
+        return None if row is None else ItemState(row[0])
+
+    def find_request(self, request_id: str) -> ItemRow | None:
+        """The item whose current request is `request_id` (what a webhook names), if any."""
+        sql = f"SELECT {_COLS} FROM items WHERE request_id = ? LIMIT 1"
+        with self._lock:
+            row = self._conn.execute(sql, (request_id,)).fetchone()
+        return None if row is None else ItemRow.from_row(row)
+
+    def possible_duplicates(self) -> int:
+        """Items a submit of which may have been queued twice (an answer lost in transit)."""
+        with self._lock:
+            row = self._conn.execute("SELECT count(*) FROM items WHERE possible_duplicate = 1")
+            return int(row.fetchone()[0])
+
+    def counts(self) -> dict[str, int]:
+        """Items by state, every state present."""
+        result = dict.fromkeys(ItemState, 0)
+        with self._lock:
+            rows = self._conn.execute("SELECT state, count(*) FROM items GROUP BY state")
+            for state, n in rows:
+                result[ItemState(state)] = n
+        return {str(state): n for state, n in result.items()}
+
+    def failures(self, limit: int = 10) -> list[FailureGroup]:
+        """Failed items grouped by error kind, largest group first, with one example each."""
+        sql = (
+            "SELECT coalesce(error_kind, 'unknown'), count(*) AS n, min(key), error_message"
+            " FROM items WHERE state = 'failed' GROUP BY error_kind"
+            " ORDER BY n DESC, error_kind LIMIT ?"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, (limit,)).fetchall()
+        return [FailureGroup(kind, n, key, message or "") for kind, n, key, message in rows]
+
+    def outputs(self, key: str) -> list[OutputRecord]:
+        sql = (
+            "SELECT idx, path, url, bytes, sha256, width, height, content_type FROM outputs"
+            " WHERE item_key = ? ORDER BY idx"
+        )
+        with self._lock:
+            rows = self._conn.execute(sql, (key,)).fetchall()
+        return [OutputRecord(*row) for row in rows]
