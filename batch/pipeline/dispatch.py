@@ -126,7 +126,7 @@ class Dispatcher:
         exc = task.exception()
         if exc is not None:
             if not isinstance(exc, AuthError):
-                log.error("item %s: unexpected error: %r", key, exc, exc_info=exc)
+                log.error("item %s: unexpected error: %r", key, exc)  # traceback: crash log
             self.fatal = self.fatal or exc
             self.stop.request("fatal")
             return
