@@ -49,6 +49,7 @@ from common import (
 )
 
 from batch import JobSpec, run_job
+from batch.cli.collector import fewer_collections
 from batch.fal import Credentials
 
 FIRST_BACKOFF_S = 0.005
@@ -105,7 +106,8 @@ async def pipeline_items(
     if profiler is not None:
         profiler.enable()
     try:
-        summary = await run_job(spec, credentials=Credentials(sim.key))
+        with fewer_collections():  # as the CLI runs it
+            summary = await run_job(spec, credentials=Credentials(sim.key))
     finally:
         if profiler is not None and profile is not None:
             profiler.disable()

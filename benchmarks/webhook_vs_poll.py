@@ -35,6 +35,7 @@ from common import (
 )
 
 from batch import JobSpec, run_job
+from batch.cli.collector import fewer_collections
 from batch.fal import Credentials
 
 HIGH_RATE = 100_000.0
@@ -71,7 +72,8 @@ async def one_run(
         }
     spec = JobSpec.for_manifest(manifest, **settings)
     started = time.perf_counter()
-    summary = await run_job(spec, credentials=Credentials(sim.key))
+    with fewer_collections():  # as the CLI runs it
+        summary = await run_job(spec, credentials=Credentials(sim.key))
     wall = time.perf_counter() - started
     if summary.exit_code != 0:
         print(summary.text())
