@@ -10,7 +10,8 @@ import asyncio
 from typing import Any
 
 from batch.job import JobSpec, load_job
-from batch.pipeline.run import RunSummary, run_job
+from batch.pipeline.run import run_job
+from batch.pipeline.summary import RunSummary
 
 __all__ = ["JobSpec", "RunSummary", "load_job", "run_job", "run_job_sync"]
 

@@ -29,6 +29,10 @@ class ExitCode(IntEnum):
     AUTH = 3  # fal refused the key (missing, wrong, not allowed)
     STOPPED = 4  # stopped early (Ctrl-C, --max-runtime, budget): run again to resume
     LOCKED = 5  # another run holds the output folder's lock; this one did nothing
+    # fal refused new work: the account is locked (e.g. out of credit); running requests were
+    # collected
+    ACCOUNT_LOCKED = 6
+    TLS = 7  # fal's certificate did not verify (wrong CA or host): a configuration error
     CRASH = 70  # an unexpected error (a bug): see the log file it names
 
 

@@ -1,6 +1,9 @@
 """The FireRed Image Edit endpoint's input and output, as fal documents them.
 
-`fal-ai/firered-image-edit` (fal.ai/models/fal-ai/firered-image-edit/api). Nothing else lives
+`fal-ai/firered-image-edit` (fal.ai/models/fal-ai/firered-image-edit/api and its llms.txt, which
+gives the ranges: num_inference_steps 2 to 50, guidance_scale 1 to 10). The model checks them
+only when it runs, when a 422 may already be billed, so they are checked here before anything
+is sent. Nothing else lives
 here: the simulator validates submits with `EditInput`, the client and the pipeline read results
 with `EditOutput`. Unknown input fields are rejected (fal answers 422 for them too).
 """
@@ -52,7 +55,7 @@ class EditInput(BaseModel):
     image_size: ImageSizePreset | ImageSize | None = None
     num_inference_steps: Annotated[int, Field(ge=2, le=50)] = 30
     seed: int | None = None
-    guidance_scale: Annotated[float, Field(ge=0, le=20)] = 4.0
+    guidance_scale: Annotated[float, Field(ge=1, le=10)] = 4.0
     sync_mode: bool = False
     num_images: Annotated[int, Field(ge=1, le=4)] = 1
     enable_safety_checker: bool = True

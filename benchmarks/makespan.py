@@ -58,10 +58,10 @@ def oracle_makespan(service_times: list[float], slots: int) -> float:
     return end
 
 
-def makespan_figures(sim: SimProcess, n: int) -> dict[str, float]:
+def makespan_figures(sim: SimProcess, n: int, slots: int = CAPACITY) -> dict[str, float]:
     jobs = sorted(sim.jobs(), key=lambda job: job["submitted_at"])
     done = [job for job in jobs if job.get("completed_at") and not job.get("error_type")]
-    oracle = oracle_makespan([float(job["service_time"]) for job in done], CAPACITY)
+    oracle = oracle_makespan([float(job["service_time"]) for job in done], slots)
     actual = max(job["completed_at"] for job in done) - jobs[0]["submitted_at"]
     seen = sim.counters()["requests"]
     status = int(seen.get("status", 0)) + int(seen.get("stream", 0))

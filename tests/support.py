@@ -14,7 +14,8 @@ from PIL import Image
 from batch.fal import Credentials
 from batch.job import JobSpec
 from batch.pipeline.policy import RetryPolicy
-from batch.pipeline.run import RunSummary, run_job
+from batch.pipeline.run import run_job
+from batch.pipeline.summary import RunSummary
 from batch.sim import Simulator
 
 ENDPOINT = "fal-ai/firered-image-edit"

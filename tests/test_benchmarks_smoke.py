@@ -112,6 +112,14 @@ def test_makespan_compares_our_modes_with_both_baselines(tmp_path: Path) -> None
 
 
 @pytest.mark.timeout(60)
+def test_defaults_reports_the_efficiency_of_a_run_with_default_settings(tmp_path: Path) -> None:
+    """defaults.py runs a job that sets only the queue and the concurrency."""
+    figures = run_script("defaults.py", tmp_path / "defaults.json")
+    assert_positive(figures, ["efficiency", "makespan_s", "oracle_s"])
+    assert figures["completed"] == N and figures["exit_code"] == 0
+
+
+@pytest.mark.timeout(60)
 def test_storm_reports_429_share_and_ideal_ratio(tmp_path: Path) -> None:
     """storm.py completes every item against a 10/s server and reports the 429 share."""
     figures = run_script("storm.py", tmp_path / "storm.json")

@@ -40,7 +40,7 @@ def test_minimal_job_gets_every_default(project: Path) -> None:
         endpoint=DEFAULT_ENDPOINT,
         queue="https://queue.fal.run",
         concurrency=8,
-        rate=10.0,
+        rate=None,
         wait="poll",
         retries=RetrySpec(attempts=5, backoff_min=0.5, backoff_max=30.0),
         output=project / "outputs" / "catalog",
@@ -188,7 +188,7 @@ def test_for_manifest_runs_a_manifest_without_a_job_file(project: Path) -> None:
     assert spec.name == "demo"
     assert spec.manifest == project / "manifests" / "demo.csv"
     assert spec.output == project / "outputs" / "demo"
-    assert (spec.concurrency, spec.rate, spec.queue) == (3, 10.0, "local")
+    assert (spec.concurrency, spec.rate, spec.queue) == (3, None, "local")
 
 
 def test_for_manifest_reports_bad_overrides() -> None:
@@ -203,7 +203,7 @@ def test_for_manifest_reports_bad_overrides() -> None:
 def test_with_overrides_returns_a_validated_copy(project: Path) -> None:
     spec = load_job(job_file(project, "manifest: m.csv\nretries: {attempts: 2}\n"))
     changed = spec.with_overrides(concurrency=16, rate=None, retries={"backoff_max": 5})
-    assert (changed.concurrency, changed.rate) == (16, 10.0)
+    assert (changed.concurrency, changed.rate) == (16, None)
     assert changed.retries == RetrySpec(attempts=2, backoff_min=0.5, backoff_max=5)
     assert (changed.manifest, changed.output) == (spec.manifest, spec.output)
     assert spec.concurrency == 8  # the original is untouched

@@ -15,11 +15,13 @@ import click
 from batch import crashpoints
 from batch.cli.collector import fewer_collections
 from batch.cli.logs import progress_for, setup_logging
+from batch.cli.options import fal_settings, input_options, webhook_options, webhook_settings
 from batch.cli.outcomes import Commands, fail, remember_output
 from batch.cli.schedule import make_schedule
 from batch.errors import ExitCode
 from batch.job import JobError, JobSpec, load_job, parse_duration
 from batch.ledger import LEDGER_FILE, Ledger
+from batch.ledger.prices import cached_price
 from batch.manifest import LocalFiles, scan
 from batch.pipeline.run import run_job
 from batch.report import job_status, report_for
@@ -46,56 +48,6 @@ def _looks_like_manifest(path: Path) -> bool:
     return any(line.startswith(("items:", "matrix:")) for line in head.splitlines())
 
 
-def _input_options(fn: Any) -> Any:
-    """Options about local input images; they reach the command as `JobSpec` field names."""
-    options = [
-        click.option("--rest-url", help="fal's REST URL for storage uploads (CDN token)."),
-        click.option(
-            "--inputs",
-            type=click.Choice(["upload", "data-uri"]),
-            help="Local images: upload them, or send small ones inline.",
-        ),
-        click.option(
-            "--upload-concurrency", type=click.IntRange(min=1), help="Max uploads in flight."
-        ),
-        click.option("--upload-max-age", help="Upload a file again after this long (e.g. 24h)."),
-        click.option(
-            "--max-image-bytes", type=click.IntRange(min=1), help="Largest local image (bytes)."
-        ),
-        click.option(
-            "--max-megapixels",
-            type=click.FloatRange(min=0, min_open=True),
-            help="Most pixels a local image may have, in megapixels.",
-        ),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def _webhook_options(fn: Any) -> Any:
-    """Webhook options; `_webhook_settings` turns them into the `webhook` setting."""
-    options = [
-        click.option("--webhook-url", help="Public URL fal posts results to (wait: webhook)."),
-        click.option(
-            "--webhook-listen",
-            metavar="HOST:PORT",
-            help="Where the receiver listens (host default 127.0.0.1).",
-        ),
-        click.option("--jwks-url", help="JWKS URL of fal's webhook signing keys."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def _webhook_settings(options: dict[str, Any]) -> dict[str, Any] | None:
-    """Pop the webhook options out of `options`; the `webhook` override (None if none set)."""
-    names = {"webhook_url": "public_url", "webhook_listen": "listen", "jwks_url": "jwks_url"}
-    values = {field: options.pop(name, None) for name, field in names.items()}
-    return {k: v for k, v in values.items() if v is not None} or None
-
-
 @click.group(cls=Commands)
 @click.version_option(package_name="firered-batch")
 def main() -> None:
@@ -117,8 +69,8 @@ def main() -> None:
 @click.option("--redo-changed", is_flag=True, help="Resubmit rows whose request changed.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option("--detach", is_flag=True, help="Submit with webhooks and exit (see webhook serve).")
-@_webhook_options
-@_input_options
+@webhook_options
+@input_options
 def run(
     target: str,
     queue_url: str | None,
@@ -138,8 +90,10 @@ def run(
     """
     setup_logging(log_format)
     detach = bool(input_settings.pop("detach", False))
-    webhook = _webhook_settings(input_settings)
+    webhook = webhook_settings(input_settings)
+    fal = fal_settings(input_settings)
     overrides = {
+        "fal": fal,
         "queue": queue_url,
         "concurrency": concurrency,
         "rate": rate,
@@ -212,6 +166,18 @@ def validate(target: str) -> None:
     show_default=True,
     help="Compress fal's webhook retry schedule (10 retries over ~2 h) by this factor.",
 )
+@click.option(
+    "--balance-usd",
+    type=click.FloatRange(min=0),
+    help="The account's credit: once billed requests use it up, submits get fal's 403.",
+)
+@click.option(
+    "--cancel-mode",
+    type=click.Choice(["signal", "abort"]),
+    default="signal",
+    show_default=True,
+    help="signal: a cancelled running request still finishes and is billed, as on fal.",
+)
 def sim(
     host: str,
     port: int,
@@ -223,6 +189,8 @@ def sim(
     seed: int,
     max_submits_per_second: float | None,
     webhook_retry_scale: float,
+    balance_usd: float | None,
+    cancel_mode: str,
 ) -> None:
     """Serve the fal-compatible queue simulator until Ctrl-C.
 
@@ -239,6 +207,8 @@ def sim(
         "seed": seed,
         "max_submits_per_second": max_submits_per_second,
         "webhook_retry_scale": webhook_retry_scale,
+        "balance_usd": balance_usd,
+        "cancel_mode": cancel_mode,
     }
     if not key:
         # A fresh local key, shown so clients can use it (it is not a fal key).
@@ -328,7 +298,8 @@ def status(target: str, output: str | None, as_json: bool) -> None:
     """
     spec, ledger = _open_job(target, output)
     with ledger:
-        result = job_status(ledger, name=spec.name, price=spec.price)
+        price = spec.price or cached_price(ledger, spec.endpoint)
+        result = job_status(ledger, name=spec.name, price=price, endpoint=spec.endpoint)
     if as_json:
         _json_out(result.as_dict())
     else:
@@ -374,7 +345,7 @@ def webhook() -> None:
 @click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--until-done", is_flag=True, help="Exit once no item is waiting at fal.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
-@_webhook_options
+@webhook_options
 def webhook_serve(
     target: str, output: str | None, until_done: bool, log_format: str, **options: Any
 ) -> None:
@@ -387,7 +358,7 @@ def webhook_serve(
     from batch.pipeline.webhook_serve import serve_webhooks
 
     setup_logging(log_format)
-    spec = _load_spec(target, {"output": output, "webhook": _webhook_settings(options)})
+    spec = _load_spec(target, {"output": output, "webhook": webhook_settings(options)})
     with fewer_collections():
         summary = asyncio.run(serve_webhooks(spec, until_done=until_done, handle_signals=True))
     click.echo(summary.text())

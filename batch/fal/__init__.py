@@ -3,6 +3,7 @@
 from batch.fal.auth import Credentials, credentials_from_env
 from batch.fal.client import DEFAULT_QUEUE_URL, QueueClient, Timeouts, parse_status
 from batch.fal.errors import (
+    AccountLockedError,
     AmbiguousSubmitError,
     AuthError,
     ConnectError,
@@ -11,9 +12,11 @@ from batch.fal.errors import (
     PermanentError,
     RateLimitedError,
     StartTimeoutError,
+    TlsError,
     TransientError,
 )
 from batch.fal.jwks import DEFAULT_JWKS_URL, JwksCache
+from batch.fal.platform import DEFAULT_PLATFORM_URL, EndpointPrice, PlatformClient
 from batch.fal.storage import (
     DEFAULT_REST_URL,
     CdnToken,
@@ -21,13 +24,23 @@ from batch.fal.storage import (
     StorageClient,
     encode_data_uri,
 )
-from batch.fal.types import Completed, InProgress, LogEntry, Queued, RequestHandle, Status
+from batch.fal.types import (
+    Completed,
+    InProgress,
+    LogEntry,
+    Queued,
+    RequestHandle,
+    Result,
+    Status,
+)
 from batch.fal.webhooks import WebhookDelivery, WebhookReceiver, WebhookRejected
 
 __all__ = [
     "DEFAULT_JWKS_URL",
+    "DEFAULT_PLATFORM_URL",
     "DEFAULT_QUEUE_URL",
     "DEFAULT_REST_URL",
+    "AccountLockedError",
     "AmbiguousSubmitError",
     "AuthError",
     "CdnToken",
@@ -35,20 +48,24 @@ __all__ = [
     "ConnectError",
     "ContentChangedError",
     "Credentials",
+    "EndpointPrice",
     "FalError",
     "InProgress",
     "JwksCache",
     "LogEntry",
     "NotFoundError",
     "PermanentError",
+    "PlatformClient",
     "QueueClient",
     "Queued",
     "RateLimitedError",
     "RequestHandle",
+    "Result",
     "StartTimeoutError",
     "Status",
     "StorageClient",
     "Timeouts",
+    "TlsError",
     "TransientError",
     "WebhookDelivery",
     "WebhookReceiver",

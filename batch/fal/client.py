@@ -3,11 +3,16 @@
 One aiohttp session per client; one attempt per call (retrying is the caller's decision, made
 from the error's type). URLs come from the server's submit answer; `handle_for` rebuilds them
 from an endpoint id and a request id for re-attaching (fal-protocol §5).
+
+TLS: the session verifies certificates with ``ssl.create_default_context()``, made when the
+client is (so it honours SSL_CERT_FILE / SSL_CERT_DIR), or with a context that trusts the CA
+file ``ca_bundle`` names. A `StorageClient` or `PlatformClient` built on `session` shares it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -16,15 +21,26 @@ from typing import Any, Self
 
 import aiohttp
 
+from batch.errors import InvalidInputError
 from batch.fal.auth import Credentials, credentials_from_env
 from batch.fal.endpoints import request_url, submit_url
 from batch.fal.errors import AuthError, NotFoundError, PermanentError, TransientError
 from batch.fal.sse import iter_events
-from batch.fal.transport import Reply, Transport
-from batch.fal.types import Completed, InProgress, LogEntry, Queued, RequestHandle, Status
+from batch.fal.transport import Reply, Transport, parse_billable_units
+from batch.fal.types import (
+    Completed,
+    InProgress,
+    LogEntry,
+    Queued,
+    RequestHandle,
+    Result,
+    Status,
+)
 
 DEFAULT_QUEUE_URL = "https://queue.fal.run"
 USER_AGENT = "firered-batch/0.1 (python)"
+# Headers a caller's platform headers may not replace: the key, and what the body needs.
+_RESERVED_HEADERS = frozenset({"authorization", "content-type", "content-length", "host"})
 
 
 @dataclass(frozen=True)
@@ -54,17 +70,24 @@ class QueueClient:
         max_connections: int = 100,
         ssl_context: ssl.SSLContext | None = None,
         session: aiohttp.ClientSession | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``ca_bundle``: a PEM file of the CAs to trust instead of the system's (a proxy's or
+        a simulator's CA); ``ssl_context``: a ready context instead. Both only for the session
+        the client makes (not with ``session``)."""
         credentials = credentials or credentials_from_env()
         if credentials is None:
             raise AuthError("no fal key: set FAL_KEY (or FAL_KEY_ID and FAL_KEY_SECRET)")
+        if ssl_context is not None and ca_bundle is not None:
+            raise ValueError("give ca_bundle or ssl_context, not both")
+        if session is not None and (ssl_context is not None or ca_bundle is not None):
+            raise ValueError("ca_bundle and ssl_context apply to a session the client makes")
         self.base_url = base_url.rstrip("/")
         self.timeouts = timeouts or Timeouts()
         self._own_session = session is None
         if session is None:
-            connector = aiohttp.TCPConnector(
-                limit=max_connections, ssl=ssl_context if ssl_context is not None else True
-            )
+            context = ssl_context if ssl_context is not None else tls_context(ca_bundle)
+            connector = aiohttp.TCPConnector(limit=max_connections, ssl=context)
             session = aiohttp.ClientSession(connector=connector)
         self._session = session
         self._credentials = credentials
@@ -89,7 +112,8 @@ class QueueClient:
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        """The shared session, for downloads of output files."""
+        """The shared session (its TLS settings included): for downloads of output files, a
+        `StorageClient` and a `PlatformClient`."""
         return self._session
 
     async def submit(
@@ -100,21 +124,32 @@ class QueueClient:
         webhook_url: str | None = None,
         priority: str | None = None,
         start_timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
         max_queue_length: int | None = None,
     ) -> RequestHandle:
-        """Queue one request. Raises AmbiguousSubmitError when it may have been queued."""
+        """Queue one request. Raises AmbiguousSubmitError when it may have been queued.
+
+        ``headers``: platform headers sent as given (X-Fal-Request-Timeout, X-Fal-Runner-Hint,
+        X-Fal-No-Retry, X-Fal-Store-IO, X-Fal-Object-Lifecycle-Preference, ...); one named
+        like a header that ``priority`` or ``start_timeout`` makes (in any case) replaces it.
+        ``max_queue_length``: fal's ``fal_max_queue_length`` query parameter: fal answers 429
+        when more than that many requests already wait in the endpoint's queue.
+        """
         params: dict[str, str] = {}
         if webhook_url:
             params["fal_webhook"] = webhook_url
         if max_queue_length is not None:
-            params["fal_max_queue_length"] = str(max_queue_length)
-        headers: dict[str, str] = {}
+            if isinstance(max_queue_length, bool) or max_queue_length < 0:
+                raise ValueError(f"max_queue_length must be >= 0, not {max_queue_length!r}")
+            params["fal_max_queue_length"] = str(int(max_queue_length))
+        sent: dict[str, str] = {}
         if priority:
-            headers["X-Fal-Queue-Priority"] = priority
+            sent["X-Fal-Queue-Priority"] = priority
         if start_timeout is not None:
             # Both names: the deprecated one for older gateways; Start-Timeout wins when both.
-            headers["X-Fal-Request-Start-Timeout"] = str(float(start_timeout))
-            headers["X-Fal-Request-Timeout"] = str(float(start_timeout))
+            sent["X-Fal-Request-Start-Timeout"] = str(float(start_timeout))
+            sent["X-Fal-Request-Timeout"] = str(float(start_timeout))
+        sent = merge_headers(sent, headers)
         reply = await self._transport.send(
             f"submit {endpoint}",
             "POST",
@@ -122,7 +157,7 @@ class QueueClient:
             timeout=self.timeouts.total(self.timeouts.submit),
             json_body=dict(payload),
             params=params,
-            headers=headers,
+            headers=sent,
             submit=True,
         )
         return _handle_from_submit(endpoint, reply, self.base_url)
@@ -170,8 +205,9 @@ class QueueClient:
                     return
         raise TransientError("status stream: closed before COMPLETED", request_id=handle.request_id)
 
-    async def result(self, handle: RequestHandle) -> dict[str, Any]:
-        """The bare model output. A failed request raises its replayed error."""
+    async def result(self, handle: RequestHandle) -> Result:
+        """The bare model output and the units fal billed for it. A failed request raises its
+        replayed error."""
         reply = await self._transport.send(
             "result",
             "GET",
@@ -183,7 +219,8 @@ class QueueClient:
             raise TransientError(
                 "result: answer is not a JSON object", request_id=handle.request_id
             )
-        return reply.body
+        units = parse_billable_units(reply.headers.get("x-fal-billable-units"))
+        return Result(output=reply.body, billable_units=units)
 
     async def cancel(self, handle: RequestHandle) -> bool:
         """Ask fal to cancel. True when accepted (202); False when it had already completed.
@@ -206,6 +243,33 @@ class QueueClient:
                 return False
             raise
         return True
+
+
+def tls_context(ca_bundle: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """A verifying context: trusting the CAs in ``ca_bundle`` (a PEM file), else Python's
+    default (the system's CAs, or SSL_CERT_FILE / SSL_CERT_DIR when set)."""
+    if ca_bundle is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=os.fspath(ca_bundle))
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise InvalidInputError(f"ca_bundle {os.fspath(ca_bundle)}: not usable: {reason}") from None
+
+
+def merge_headers(base: Mapping[str, str], extra: Mapping[str, str] | None) -> dict[str, str]:
+    """``base`` with ``extra`` added; a name in ``extra`` replaces the same name in ``base``
+    whatever its case. The key and the body's own headers cannot be given."""
+    merged = dict(base)
+    for name, value in (extra or {}).items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"header {name!r}: names and values must be strings")
+        if name.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"header {name!r} cannot be set as a platform header")
+        for existing in [k for k in merged if k.lower() == name.lower()]:
+            del merged[existing]
+        merged[name] = value
+    return merged
 
 
 def _json(data: str, request_id: str) -> Any:

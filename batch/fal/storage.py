@@ -1,6 +1,8 @@
 """Files for fal: uploads through fal's storage API (fal-protocol.md §7), and data URIs.
 
-`StorageClient` speaks the CDN v3 flow:
+`StorageClient` speaks two flows, tried in the order ``flows`` gives (default: CDN, then
+initiate, as fal's fal-cdn page describes: "If the primary endpoint (v3.fal.media) is
+unavailable, the SDK automatically falls back [...] to the REST API"). The CDN v3 flow:
 
 1. a CDN token: ``POST {rest_url}/storage/auth/token?storage_type=fal-cdn-v3`` with the key,
    body ``{}`` → ``{token, token_type, base_url, expires_at}``; cached until ``expires_at``
@@ -14,11 +16,26 @@
    (10 MiB), ``part_concurrency`` at a time, each answering an ``ETag``; then
    ``POST {access_url}/multipart/{uploadId}/complete`` with ``{"parts": [{partNumber, etag}]}``.
 
+The initiate flow (fal's JS client; fal_client's legacy "fal" repository):
+``POST {rest_url}/storage/upload/initiate?storage_type=fal-cdn-v3`` with the key and body
+``{"content_type", "file_name"}`` → ``{upload_url, file_url}``; then ``PUT upload_url`` with
+the bytes and their content type, and no Authorization (the URL is signed) → ``file_url``.
+
+The fallback chain: the CDN flow at the token's ``base_url``, then at each of
+``cdn_fallback_urls`` (none by default), then the initiate flow. An upload moves to the next
+host when one refuses: the connection is refused, or it answers 5xx; also when a fallback host
+answers 4xx or refuses the credentials (it does not serve this flow). Any other failure (429,
+a 4xx or a refused key from the first host, a lost connection, a certificate) is raised at
+once. When every host has refused, the first host's error is raised. Files above
+``multipart_threshold`` go in parts through the CDN hosts only (fal's initiate-multipart route
+is not spoken); with no "cdn" flow they go to the initiate flow as one PUT.
+
 One attempt per call, like `QueueClient`: failures are the same `FalError` tree, made by the
 same `Transport`, and retrying is the caller's decision. The key goes only to ``rest_url``;
-the CDN gets the token. When the caller gives the content's sha256, the bytes read are
-checked against it before anything is sent (before ``complete``, for multipart): a file that
-changed since it was hashed raises `ContentChangedError` instead of uploading other content.
+the CDN gets the token, a signed URL nothing. When the caller gives the content's sha256, the
+bytes read are checked against it before anything is sent (before ``complete``, for
+multipart): a file that changed since it was hashed raises `ContentChangedError` instead of
+uploading other content.
 """
 
 from __future__ import annotations
@@ -30,23 +47,25 @@ import hashlib
 import mimetypes
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, Literal, TypeVar
 from urllib.parse import unquote_to_bytes
 
 import aiohttp
 
 from batch.fal.auth import Credentials
 from batch.fal.client import USER_AGENT
-from batch.fal.errors import AuthError, TransientError
+from batch.fal.errors import AuthError, ConnectError, FalError, PermanentError, TransientError
 from batch.fal.transport import Reply, Transport
 
 DEFAULT_REST_URL = "https://rest.fal.ai"
 DEFAULT_CDN_URL = "https://v3.fal.media"
 CDN_STORAGE_TYPE = "fal-cdn-v3"
+UploadFlow = Literal["cdn", "initiate"]
+DEFAULT_UPLOAD_FLOWS: tuple[UploadFlow, ...] = ("cdn", "initiate")
 MULTIPART_THRESHOLD = 100 * 1024 * 1024
 PART_SIZE = 10 * 1024 * 1024
 UNKNOWN_EXPIRY_S = 600.0  # how long to keep a token whose answer has no readable expires_at
@@ -104,9 +123,17 @@ class StorageClient:
         token_margin: float = 60.0,
         timeouts: StorageTimeouts | None = None,
         clock: Callable[[], float] = time.time,
+        flows: Sequence[UploadFlow] = DEFAULT_UPLOAD_FLOWS,
+        cdn_fallback_urls: Sequence[str] = (),
     ) -> None:
+        """``flows``: the upload flows to try, in order ("cdn", "initiate"); ``cdn_fallback_urls``:
+        CDN hosts to try after the token's ``base_url`` (e.g. ``https://v3.fal.media``)."""
         if part_size < 1 or multipart_threshold < 0 or part_concurrency < 1:
             raise ValueError("part_size and part_concurrency must be positive")
+        if not flows or any(flow not in ("cdn", "initiate") for flow in flows):
+            raise ValueError(f"flows must name 'cdn' and/or 'initiate', not {list(flows)!r}")
+        self.flows: tuple[UploadFlow, ...] = tuple(dict.fromkeys(flows))
+        self.cdn_fallback_urls = tuple(dict.fromkeys(u.rstrip("/") for u in cdn_fallback_urls))
         self.rest_url = rest_url.rstrip("/")
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
@@ -115,9 +142,11 @@ class StorageClient:
         self.timeouts = timeouts or StorageTimeouts()
         self._clock = clock
         self._transport = Transport(session, credentials.header, USER_AGENT)
+        self._unsigned = Transport(session, None, USER_AGENT)  # for signed URLs: no key
         self._token: CdnToken | None = None
         self._token_lock = asyncio.Lock()
         self.token_requests = 0
+        self.fallbacks = 0  # times an upload moved on to the next host
 
     # --- token ---------------------------------------------------------------------------
 
@@ -186,31 +215,102 @@ class StorageClient:
             size = len(source)
         else:
             size = (await asyncio.to_thread(os.stat, source)).st_size
-        if size > self.multipart_threshold:
-            return await self._with_token(
-                lambda t: self._multipart(t, source, content_type, file_name, sha256)
+        cdn_hosts = self._cdn_hosts()
+        if size > self.multipart_threshold and cdn_hosts:
+            return await self._first_to_take(
+                [
+                    self._cdn_attempt(
+                        host,
+                        lambda t, h: self._multipart(t, h, source, content_type, file_name, sha256),
+                    )
+                    for host in cdn_hosts
+                ]
             )
         data = source if isinstance(source, bytes) else await asyncio.to_thread(_read, source)
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
             raise ContentChangedError(f"{_name(source)}: content changed since it was hashed")
-        return await self._with_token(lambda t: self._single(t, data, content_type, file_name))
+        attempts: list[Callable[[], Awaitable[str]]] = []
+        for flow in self.flows:
+            if flow == "cdn":
+                attempts += [
+                    self._cdn_attempt(
+                        host, lambda t, h: self._single(t, h, data, content_type, file_name)
+                    )
+                    for host in cdn_hosts
+                ]
+            else:
+                attempts.append(lambda: self._initiate(data, content_type, file_name))
+        return await self._first_to_take(attempts)
+
+    def _cdn_hosts(self) -> list[str | None]:
+        """The CDN hosts to try, None standing for the token's ``base_url``."""
+        return [None, *self.cdn_fallback_urls] if "cdn" in self.flows else []
+
+    def _cdn_attempt(
+        self, host: str | None, call: Callable[[CdnToken, str], Awaitable[str]]
+    ) -> Callable[[], Awaitable[str]]:
+        return lambda: self._with_token(lambda t: call(t, host or t.base_url))
+
+    async def _first_to_take(self, attempts: list[Callable[[], Awaitable[str]]]) -> str:
+        """The first attempt's answer that succeeds; see the module's fallback chain."""
+        first: FalError | None = None
+        for number, attempt in enumerate(attempts):
+            try:
+                return await attempt()
+            except FalError as exc:
+                fallback_refused = number > 0 and isinstance(exc, PermanentError | AuthError)
+                moves_on = _refused(exc) or fallback_refused
+                if not moves_on:
+                    raise
+                first = first or exc
+                if number + 1 < len(attempts):
+                    self.fallbacks += 1
+        assert first is not None, "no upload flow to try"
+        raise first
 
     async def _single(
-        self, token: CdnToken, data: bytes, content_type: str, file_name: str | None
+        self, token: CdnToken, host: str, data: bytes, content_type: str, file_name: str | None
     ) -> str:
         reply = await self._transport.send(
             "upload",
             "POST",
-            f"{token.base_url}/files/upload",
+            f"{host}/files/upload",
             timeout=self.timeouts.total(self.timeouts.upload),
             data=data,
             headers=_upload_headers(token, content_type, file_name),
         )
         return _access_url("upload", reply)
 
+    async def _initiate(self, data: bytes, content_type: str, file_name: str | None) -> str:
+        """The initiate flow: a signed URL from the REST API, then one PUT to it."""
+        reply = await self._transport.send(
+            "upload initiate",
+            "POST",
+            f"{self.rest_url}/storage/upload/initiate",
+            timeout=self.timeouts.total(self.timeouts.token),
+            json_body={"content_type": content_type, "file_name": file_name or "upload.bin"},
+            params={"storage_type": CDN_STORAGE_TYPE},
+        )
+        body = reply.body if isinstance(reply.body, dict) else {}
+        upload_url, file_url = body.get("upload_url"), body.get("file_url")
+        if not isinstance(upload_url, str) or not upload_url:
+            raise TransientError("upload initiate: answer has no upload_url", status=reply.status)
+        if not isinstance(file_url, str) or not file_url:
+            raise TransientError("upload initiate: answer has no file_url", status=reply.status)
+        await self._unsigned.send(
+            "upload put",
+            "PUT",
+            upload_url,
+            timeout=self.timeouts.total(self.timeouts.upload),
+            data=data,
+            headers={"Content-Type": content_type},
+        )
+        return file_url
+
     async def _multipart(
         self,
         token: CdnToken,
+        host: str,
         source: bytes | str | os.PathLike[str],
         content_type: str,
         file_name: str | None,
@@ -219,7 +319,7 @@ class StorageClient:
         created = await self._transport.send(
             "multipart upload",
             "POST",
-            f"{token.base_url}/files/upload/multipart",
+            f"{host}/files/upload/multipart",
             timeout=self.timeouts.total(self.timeouts.token),
             headers=_upload_headers(token, content_type, file_name),
         )
@@ -312,6 +412,13 @@ class _Chunks:
         chunk = self._source[self._offset : self._offset + self._size]
         self._offset += len(chunk)
         return chunk
+
+
+def _refused(exc: FalError) -> bool:
+    """A host that turned the request away: no connection, or a 5xx answer."""
+    if isinstance(exc, ConnectError):
+        return True
+    return isinstance(exc, TransientError) and exc.status is not None and exc.status >= 500
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

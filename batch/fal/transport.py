@@ -2,6 +2,11 @@
 
 Everything above this module sees `FalError` subclasses and decoded bodies, never an aiohttp
 exception or a raw response. Retry decisions are made by callers from the error's type.
+
+Error bodies come in three shapes, all read here: model errors ``{"detail": [{loc, msg, type,
+...}]}`` (or a plain string detail), request errors ``{"detail": "...", "error_type": "..."}``
+with the same value in ``X-Fal-Error-Type``, and the Platform API's ``{"error": {type, message,
+docs_url, request_id}}``. ``X-Fal-Retryable: true|false`` may come with any of them.
 """
 
 from __future__ import annotations
@@ -9,15 +14,20 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
+import re
+import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from batch.fal.errors import (
+    AccountLockedError,
     AmbiguousSubmitError,
     AuthError,
     ConnectError,
@@ -26,12 +36,19 @@ from batch.fal.errors import (
     PermanentError,
     RateLimitedError,
     StartTimeoutError,
+    TlsError,
     TransientError,
 )
 
 # error_type values that mean "the caller's fault or choice": retrying cannot help (§3 table).
 PERMANENT_ERROR_TYPES = frozenset({"client_disconnected", "client_cancelled", "bad_request"})
 _MAX_DETAIL = 600
+# fal's answer to a submit from an account it takes no work from (fal-ai/fal#1147, #1112):
+# 403 {"detail": "User is locked. Reason: Exhausted balance ..."}. A whole word, so that
+# "blocked" is not taken for it.
+_LOCKED = re.compile(r"\blocked\b", re.IGNORECASE)
+
+Params = Mapping[str, str] | Sequence[tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -70,13 +87,64 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def error_detail(body: Any) -> Any:
-    """fal's `detail` (a string or a list of field errors), else the raw text, shortened."""
+    """fal's `detail` (a string or a list of field errors), the Platform API's error message,
+    else the body itself, or its raw text shortened."""
     if isinstance(body, dict) and "detail" in body:
         return body["detail"]
+    platform = _platform_error(body)
+    if platform is not None and isinstance(platform.get("message"), str):
+        return platform["message"]
     if isinstance(body, dict):
         return body
     text = "" if body is None else str(body)
     return text[:_MAX_DETAIL]
+
+
+def _platform_error(body: Any) -> dict[str, Any] | None:
+    """The Platform API's error object, ``{"error": {"type", "message", ...}}``, if that is what
+    the body is (a queue status's ``error`` is a string, never an object)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else None
+
+
+def parse_billable_units(value: str | None) -> float | None:
+    """``X-Fal-Billable-Units`` as a number; None when absent, unreadable, negative or not
+    finite."""
+    try:
+        units = float((value or "").strip())
+    except ValueError:
+        return None
+    return units if math.isfinite(units) and units >= 0 else None
+
+
+def parse_retryable(value: str | None) -> bool | None:
+    """``X-Fal-Retryable``: "true" or "false" (any case); None when absent or anything else."""
+    text = (value or "").strip().lower()
+    return True if text == "true" else False if text == "false" else None
+
+
+def error_types(body: Any, headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(the declared error type, the type to record).
+
+    Declared: the body's ``error_type``, else ``X-Fal-Error-Type`` (request errors); only it
+    decides a classification. Recorded: that, else the Platform API's ``error.type``, else the
+    first ``detail[].type`` of a model error (e.g. ``content_policy_violation``).
+    """
+    declared = None
+    if isinstance(body, dict) and isinstance(body.get("error_type"), str):
+        declared = body["error_type"]
+    declared = declared or headers.get("x-fal-error-type") or None
+    if declared:
+        return declared, declared
+    platform = _platform_error(body)
+    if platform is not None and isinstance(platform.get("type"), str):
+        return None, platform["type"]
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        first = detail[0].get("type")
+        if isinstance(first, str) and first:
+            return None, first
+    return None, None
 
 
 def describe(detail: Any) -> str:
@@ -94,28 +162,45 @@ def describe(detail: Any) -> str:
 
 
 def error_for_reply(call: str, reply: Reply, request_id: str | None = None) -> FalError:
-    """Classify a non-2xx answer. Pure: a function of status, headers and body only."""
+    """Classify a non-2xx answer. Pure: a function of status, headers and body only.
+
+    ``X-Fal-Retryable: false`` turns an answer that would be retried (a TransientError or a
+    RateLimitedError) into a PermanentError, keeping status, detail and error type; the auth
+    errors keep their classes (they stop admission rather than fail one item).
+    """
     status, headers = reply.status, reply.headers
     detail = error_detail(reply.body)
-    error_type = None
-    if isinstance(reply.body, dict) and isinstance(reply.body.get("error_type"), str):
-        error_type = reply.body["error_type"]
-    error_type = error_type or headers.get("x-fal-error-type")
+    declared, error_type = error_types(reply.body, headers)
+    retryable = parse_retryable(headers.get("x-fal-retryable"))
     kw: dict[str, Any] = {
         "status": status,
         "request_id": reply.request_id or request_id,
         "detail": detail,
         "error_type": error_type,
+        "retryable": retryable,
+        "billable_units": parse_billable_units(headers.get("x-fal-billable-units")),
     }
     message = f"{call}: HTTP {status}: {describe(detail)}".rstrip(": ")
     if status in (401, 403):
+        if status == 403 and _LOCKED.search(describe(detail)):
+            reason = detail if isinstance(detail, str) else describe(detail)
+            return AccountLockedError(message, reason=reason, **kw)
         return AuthError(message, **kw)
+    error = _classify(message, status, headers, declared, kw)
+    if retryable is False and not isinstance(error, PermanentError):
+        return PermanentError(f"{message} (X-Fal-Retryable: false)", **kw)
+    return error
+
+
+def _classify(
+    message: str, status: int, headers: Mapping[str, str], declared: str | None, kw: Any
+) -> FalError:
     if status == 429:
         retry_after = parse_retry_after(headers.get("retry-after"))
         return RateLimitedError(message, retry_after=retry_after, **kw)
     if status == 504 and headers.get("x-fal-request-timeout-type", "").lower() == "user":
         return StartTimeoutError(message, **kw)
-    if error_type in PERMANENT_ERROR_TYPES:
+    if declared in PERMANENT_ERROR_TYPES:
         return PermanentError(message, **kw)
     if status in (408, 409) or status >= 500:
         return TransientError(message, **kw)
@@ -124,9 +209,23 @@ def error_for_reply(call: str, reply: Reply, request_id: str | None = None) -> F
     return PermanentError(message, **kw)
 
 
-def error_for_exception(call: str, exc: BaseException, *, submit: bool) -> FalError:
-    """Classify a transport failure. A submit whose bytes may have left is ambiguous."""
+def error_for_exception(
+    call: str, exc: BaseException, *, submit: bool, url: str | None = None
+) -> FalError:
+    """Classify a transport failure. A submit whose bytes may have left is ambiguous; a
+    certificate that did not verify is a TlsError (a configuration error, never retried)."""
     name = type(exc).__name__
+    reason = certificate_failure(exc)
+    if reason is not None:
+        host = exc.host if isinstance(exc, aiohttp.ClientConnectorError) else _host(url)
+        where = host or "the server"
+        return TlsError(
+            f"{call}: the TLS certificate of {where} did not verify ({reason}). If {where} is "
+            "the right host, point `ca_bundle` (or SSL_CERT_FILE) at a CA bundle that signs "
+            "its certificate; otherwise fix the URL.",
+            host=host,
+            reason=reason,
+        )
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return ConnectError(f"{call}: could not connect ({name})")
     if isinstance(exc, aiohttp.InvalidURL):
@@ -134,6 +233,40 @@ def error_for_exception(call: str, exc: BaseException, *, submit: bool) -> FalEr
     kind = AmbiguousSubmitError if submit else TransientError
     reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"connection lost ({name})"
     return kind(f"{call}: {reason}")
+
+
+def certificate_failure(exc: BaseException) -> str | None:
+    """Why a certificate or host name did not verify, when that is what `exc` (or its cause)
+    is: aiohttp's ClientConnectorCertificateError, a ClientSSLError or any other error caused
+    by ssl.SSLCertVerificationError. None for every other failure."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, aiohttp.ClientConnectorCertificateError):
+            return _verify_reason(current.certificate_error)
+        if isinstance(current, aiohttp.ClientConnectorError) and isinstance(
+            current.os_error, ssl.SSLCertVerificationError
+        ):
+            return _verify_reason(current.os_error)
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return _verify_reason(current)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _verify_reason(error: BaseException) -> str:
+    for reason in (getattr(error, "verify_message", None), getattr(error, "reason", None)):
+        if isinstance(reason, str) and reason:
+            return reason
+    return str(error) or type(error).__name__
+
+
+def _host(url: str | None) -> str | None:
+    try:
+        return URL(url).host if url else None
+    except (TypeError, ValueError):
+        return None
 
 
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
@@ -160,7 +293,7 @@ class Transport:
         timeout: aiohttp.ClientTimeout,
         json_body: Any = None,
         data: bytes | None = None,
-        params: Mapping[str, str] | None = None,
+        params: Params | None = None,
         headers: Mapping[str, str] | None = None,
         request_id: str | None = None,
         submit: bool = False,
@@ -181,7 +314,7 @@ class Transport:
                 raw = await resp.read()
                 reply = Reply(resp.status, _lower(resp.headers), decode_body(raw))
         except _TRANSPORT_ERRORS as exc:
-            raise error_for_exception(call, exc, submit=submit) from None
+            raise error_for_exception(call, exc, submit=submit, url=url) from None
         if reply.status >= 300:
             raise error_for_reply(call, reply, request_id)
         return reply
@@ -193,7 +326,7 @@ class Transport:
         url: str,
         *,
         timeout: aiohttp.ClientTimeout,
-        params: Mapping[str, str] | None = None,
+        params: Params | None = None,
         request_id: str | None = None,
     ) -> AsyncIterator[tuple[Reply, AsyncIterator[bytes]]]:
         """An open streaming GET: its head, and its body line by line (translated errors)."""
@@ -205,10 +338,12 @@ class Transport:
                 head = Reply(resp.status, _lower(resp.headers), None)
                 if resp.status >= 300:
                     raw = await resp.read()
-                    raise error_for_reply(call, Reply(head.status, head.headers, decode_body(raw)))
+                    raise error_for_reply(
+                        call, Reply(head.status, head.headers, decode_body(raw)), request_id
+                    )
                 yield head, _lines(call, resp)
         except _TRANSPORT_ERRORS as exc:
-            raise error_for_exception(call, exc, submit=False) from None
+            raise error_for_exception(call, exc, submit=False, url=url) from None
 
 
 async def _lines(call: str, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

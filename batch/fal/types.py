@@ -1,4 +1,4 @@
-"""Typed values the client returns: a request handle and the three queue statuses."""
+"""Typed values the client returns: a request handle, the three queue statuses, a result."""
 
 from __future__ import annotations
 
@@ -60,3 +60,17 @@ class Completed:
 
 
 Status = Queued | InProgress | Completed
+
+
+@dataclass(frozen=True)
+class Result:
+    """A completed request's answer at the result endpoint.
+
+    `output` is the model's output (the bare JSON body). `billable_units` is fal's
+    ``X-Fal-Billable-Units`` header: the units this request was billed, in the endpoint's
+    pricing unit (cost = units x the endpoint's unit price); None when fal sent none, or one
+    that is not a finite number >= 0.
+    """
+
+    output: dict[str, Any]
+    billable_units: float | None = None

@@ -7,11 +7,21 @@ It sits above the manifest, the outputs and fal's protocol (it checks settings w
 rules) and below the ledger's users: the pipeline, the report and the CLI.
 """
 
-from batch.job.settings import JobError, RetrySpec, SimSpec, WebhookSpec, parse_duration
+from batch.job.settings import (
+    DEFAULT_PLATFORM_URL,
+    FalSpec,
+    JobError,
+    RetrySpec,
+    SimSpec,
+    WebhookSpec,
+    parse_duration,
+)
 from batch.job.spec import LOCAL_QUEUE, JobSpec, WaitMode, load_job
 
 __all__ = [
+    "DEFAULT_PLATFORM_URL",
     "LOCAL_QUEUE",
+    "FalSpec",
     "JobError",
     "JobSpec",
     "RetrySpec",

@@ -3,13 +3,17 @@ listen addresses as the settings write them. `JobError` is how every bad setting
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from batch.errors import InvalidInputError
 from batch.fal import DEFAULT_JWKS_URL
+
+DEFAULT_PLATFORM_URL = "https://api.fal.ai"
 
 _URL_RE = re.compile(r"https?://[^\s/?#]+(/\S*)?", re.IGNORECASE)
 _NUMBER = r"\d+(\.\d+)?"
@@ -128,3 +132,52 @@ class WebhookSpec(BaseModel):
     @property
     def port(self) -> int:
         return parse_listen(self.listen)[1]
+
+
+class FalSpec(BaseModel):
+    """fal's platform settings (fal.ai/docs/documentation/model-apis/common-parameters): each
+    unset one is fal's default. ``start_timeout`` and ``priority`` (top level) are the
+    ``X-Fal-Request-Timeout`` and ``X-Fal-Queue-Priority`` headers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    runner_hint: str | None = None  # X-Fal-Runner-Hint: route to a runner with this hint
+    no_retry: bool = False  # X-Fal-No-Retry: fal does not retry a failed runner itself
+    store_io: bool = True  # False: X-Fal-Store-IO: 0 (fal keeps no request payloads)
+    media_expiration: float | None = Field(default=None, gt=0)  # seconds; output media life
+    max_queue_length: int | None = Field(default=None, ge=1)  # fal_max_queue_length (429 past)
+    ca_bundle: str | None = None  # CA file for https; default: the system's (SSL_CERT_FILE)
+    # fal's Platform API (prices). Unset: fal's own when the queue is fal's, the simulator's
+    # for `queue: local`, none for another queue URL (a proxy or a test server).
+    platform_url: str | None = None
+
+    @field_validator("media_expiration", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return parse_duration(value)
+            except ValueError as exc:
+                raise _fail(str(exc)) from None
+        return value
+
+    @field_validator("platform_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not _URL_RE.fullmatch(value):
+            raise _fail("must be an http(s) URL")
+        return None if value is None else value.rstrip("/")
+
+    def headers(self) -> dict[str, str]:
+        """The platform headers every submit carries (none when all are fal's defaults)."""
+        headers: dict[str, str] = {}
+        if self.runner_hint:
+            headers["X-Fal-Runner-Hint"] = self.runner_hint
+        if self.no_retry:
+            headers["X-Fal-No-Retry"] = "1"
+        if not self.store_io:
+            headers["X-Fal-Store-IO"] = "0"
+        if self.media_expiration is not None:
+            lifecycle = {"expiration_duration_seconds": int(self.media_expiration)}
+            headers["X-Fal-Object-Lifecycle-Preference"] = json.dumps(lifecycle)
+        return headers

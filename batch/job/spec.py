@@ -7,7 +7,7 @@ endpoint: fal-ai/firered-image-edit
 queue: local                         # the embedded simulator, or a URL (https://queue.fal.run)
 concurrency: 8                       # requests fal runs at once (your account's limit)
 queue_ahead: 8                       # more waiting in fal's queue (default: = concurrency)
-rate: 10                             # submits per second
+rate: 50                             # at most this many submits/s (default: none; 429s slow it)
 wait: poll                           # poll | stream | webhook
 retries: {attempts: 5, backoff_min: 0.5, backoff_max: 30}
 output: outputs/catalog              # default outputs/<name>; relative to the current directory
@@ -24,7 +24,9 @@ upload_max_age: 24h                  # an upload older than this is done again (
 max_image_bytes: 52428800            # local images larger than this are refused (50 MiB)
 max_megapixels: 50                   # local images with more pixels are refused
 webhook: {public_url: https://hooks.example.com/fal, listen: "127.0.0.1:8787", jwks_url: ...}
-price: {per_megapixel: 0.03}         # USD, or {per_image: …}; for estimates (no built-in price)
+fal: {runner_hint: lora-a, no_retry: false, store_io: true, media_expiration: 7d,
+      max_queue_length: 100, ca_bundle: /etc/ssl/corp.pem}   # fal's platform settings
+price: {per_megapixel: 0.03}         # USD, or {per_image: …}; default: fal's pricing API
 budget: {max_usd: 25}                # stop admitting before spend would pass it (needs price)
 ```
 
@@ -63,6 +65,7 @@ from pydantic_core import PydanticCustomError
 from batch.fal import DEFAULT_QUEUE_URL, DEFAULT_REST_URL
 from batch.job.settings import (
     _URL_RE,
+    FalSpec,
     JobError,
     RetrySpec,
     SimSpec,
@@ -110,7 +113,7 @@ class JobSpec(BaseModel):
     queue: str = DEFAULT_QUEUE_URL
     concurrency: int = Field(default=8, ge=1)
     queue_ahead: int | None = Field(default=None, ge=0)  # None: as many as `concurrency`
-    rate: float = Field(default=10.0, gt=0)
+    rate: float | None = Field(default=None, gt=0)  # None: no ceiling; AIMD on 429s
     wait: WaitMode = "poll"
     retries: RetrySpec = RetrySpec()
     output: Path = Path()  # set by _resolve_paths (outputs/<name>)
@@ -127,6 +130,7 @@ class JobSpec(BaseModel):
     max_image_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1)
     max_megapixels: float = Field(default=DEFAULT_MAX_MEGAPIXELS, gt=0)
     webhook: WebhookSpec = WebhookSpec()
+    fal: FalSpec = FalSpec()
     price: PriceSpec | None = None
     budget: BudgetSpec | None = None
 
@@ -174,13 +178,6 @@ class JobSpec(BaseModel):
                 NESTED_ERROR, "{detail}", {"detail": detail, "problems": problems}
             )
         return self
-
-    @field_validator("budget")
-    @classmethod
-    def _budget_priced(cls, value: BudgetSpec | None, info: ValidationInfo) -> BudgetSpec | None:
-        if value is not None and "price" in info.data and info.data["price"] is None:
-            raise _fail("needs a price (price: {per_megapixel: …} or {per_image: …})")
-        return value
 
     @field_validator("name")
     @classmethod

@@ -4,7 +4,8 @@
       models.py      ItemState, ItemRow, PlanResult, errors, canonical request hash
       migrations.py  named migrations (m001_initial, ...) recorded in `migrations`
       plan.py        Ledger.plan: manifest ⇄ ledger reconciliation in bounded memory
-      store.py       Ledger: open, plan, transitions, export (bases below)
+      store.py       Ledger: open, plan, export (bases below)
+      transitions.py LedgerTransitions: mark_submitted/completed/failed/retry, reset
       reads.py       LedgerReads: read-only queries of items and outputs
       runs.py        LedgerRuns: the runs table and meta settings
       group.py       group commit of the event loop's frequent transitions
@@ -34,9 +35,11 @@ from batch.ledger.models import (
     redact,
     request_hash,
 )
+from batch.ledger.runs import ACCOUNT_LOCKED_META
 from batch.ledger.store import LEDGER_FILE, REATTACH_KINDS, Ledger
 
 __all__ = [
+    "ACCOUNT_LOCKED_META",
     "CSV_NAME",
     "JSONL_NAME",
     "LEDGER_FILE",

@@ -2,6 +2,8 @@
 
 One row per item, in key order, streamed from a single read of `items LEFT JOIN outputs` (one
 consistent snapshot, never the whole table in memory) into two files written atomically.
+fal's error type and billable units (`X-Fal-Error-Type`, `X-Fal-Billable-Units`) are the last
+columns, so the earlier ones keep their places.
 """
 
 from __future__ import annotations
@@ -38,13 +40,15 @@ FIELDS = (
     "widths",
     "heights",
     "completed_at",
+    "error_type",
+    "billable_units",
 )
 _LISTS = ("paths", "sha256s", "widths", "heights")
 _JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder for every line, not one per call
 _SQL = """
     SELECT i.key, i.source, i.endpoint, i.state, i.attempts, i.request_id, i.error_kind,
            i.error_message, i.seed, i.possible_duplicate, i.in_manifest, i.request,
-           i.completed_at, o.path, o.sha256, o.width, o.height
+           i.completed_at, o.path, o.sha256, o.width, o.height, i.error_type, i.billable_units
     FROM items AS i LEFT JOIN outputs AS o ON o.item_key = i.key
     ORDER BY i.key, o.idx
 """
@@ -94,6 +98,8 @@ def _records(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
             "widths": [r[15] for r in outs],
             "heights": [r[16] for r in outs],
             "completed_at": _iso(first[12]),
+            "error_type": first[17],
+            "billable_units": first[18],
         }
 
 

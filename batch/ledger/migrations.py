@@ -179,3 +179,12 @@ def m004_uploads(conn: sqlite3.Connection) -> None:
 def m005_request_id_index(conn: sqlite3.Connection) -> None:
     """Find an item by fal's request id: what a webhook names (`Ledger.find_request`)."""
     conn.execute("CREATE INDEX items_request_id ON items (request_id) WHERE request_id IS NOT NULL")
+
+
+@migration
+def m006_fal_details(conn: sqlite3.Connection) -> None:
+    """What fal says beyond success or failure: the error type of a failed answer
+    (`X-Fal-Error-Type` / `error_type`), and the billable units of a result
+    (`X-Fal-Billable-Units`), from which spend is counted where present."""
+    conn.execute("ALTER TABLE items ADD COLUMN error_type TEXT")
+    conn.execute("ALTER TABLE items ADD COLUMN billable_units REAL")

@@ -125,6 +125,8 @@ class ItemRow:
     run_id: int | None
     in_manifest: bool
     submit_started_at: float | None = None
+    error_type: str | None = None  # fal's `X-Fal-Error-Type` / `error_type` (m006)
+    billable_units: float | None = None  # fal's `X-Fal-Billable-Units` of the result (m006)
 
     @cached_property
     def payload(self) -> dict[str, Any]:

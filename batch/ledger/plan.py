@@ -75,7 +75,8 @@ _REDO = """
     UPDATE items SET source = ?, endpoint = ?, request = ?, request_hash = ?, state = 'pending',
         attempts = 0, request_id = NULL, status_url = NULL, response_url = NULL,
         cancel_url = NULL, possible_duplicate = 0, not_before = NULL, error_kind = NULL,
-        error_message = NULL, seed = NULL, timings = NULL, nsfw = NULL, updated_at = ?,
+        error_message = NULL, error_type = NULL, seed = NULL, timings = NULL, nsfw = NULL,
+        billable_units = NULL, updated_at = ?,
         submitted_at = NULL, completed_at = NULL, run_id = COALESCE(?, run_id)
     WHERE key = ?
 """

@@ -15,6 +15,10 @@ from typing import Any
 
 from batch.ledger.models import redact
 
+# Meta: fal's reason while it refuses the account new work (`403 User is locked. Reason: …`);
+# set by a run when fal locks the account, cleared after a submit is accepted again.
+ACCOUNT_LOCKED_META = "account_locked"
+
 
 class LedgerRuns:
     """Runs and meta; a base of `batch.ledger.store.Ledger`, which owns the connection, its

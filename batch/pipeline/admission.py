@@ -1,9 +1,12 @@
 """Admission: when may the next request be submitted?
 
 Two separate tools, as in arq and aiolimiter: a counter of requests in flight (submitted and not
-yet answered) against the concurrency limit, and a submit-rate limiter (asyncio-throttle). On a
-429 the whole admission slows down — the rate is halved and submits pause for Retry-After — and
-recovers additively with each accepted submit (AIMD).
+yet answered) against the concurrency limit, and a submit-rate limiter (asyncio-throttle). fal's
+queue never refuses a submit for concurrency (a queue 429 comes only from
+``fal_max_queue_length``), so by default no rate is set and submits go out as fast as slots free
+up. On a 429 the whole admission slows down — to the rate fal was accepting, or by 15%, with
+submits paused for Retry-After — and recovers with each accepted submit (AIMD); a configured
+``rate`` is a ceiling.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import time
 from collections import deque
 
 from asyncio_throttle.throttler import Throttler
+
+from batch.pipeline.window import SubmitWindow
 
 _SMOOTH_RATE = 20.0  # up to this rate, pace one submit per 1/rate s instead of bursts
 DECREASE = 0.85
@@ -35,17 +40,19 @@ def _throttle_shape(rate: float) -> tuple[int, float]:
 
 
 class Admission:
-    def __init__(self, concurrency: int, rate: float, *, min_rate: float = 0.2) -> None:
+    def __init__(self, concurrency: int, rate: float | None, *, min_rate: float = 0.2) -> None:
+        """`rate`: at most this many submits per second; None: no ceiling (until a 429)."""
         self.concurrency = concurrency
-        self.max_rate = rate
-        self.min_rate = min(min_rate, rate)
-        self.rate = rate
+        self.max_rate = math.inf if rate is None else rate
+        self.min_rate = min(min_rate, self.max_rate)
+        self.rate = self.max_rate
         self.in_flight = 0
         self.rate_limited = 0
         self._cooldown_until = 0.0
         self._accepted: deque[float] = deque()  # accept times within the last ACCEPT_WINDOW
         self._slots = asyncio.Semaphore(concurrency)
-        self._throttle = make_throttler(rate)
+        self._throttle = make_throttler(rate or _SMOOTH_RATE)  # paced only below max
+        self.window = SubmitWindow(concurrency)
 
     def __repr__(self) -> str:
         return (
@@ -67,8 +74,9 @@ class Admission:
         self._slots.release()
 
     async def before_submit(self) -> None:
-        """Wait for the submit rate."""
-        await self._throttle.acquire()  # type: ignore[no-untyped-call]
+        """Wait for the submit rate (at once while no rate applies)."""
+        if self.rate != math.inf:
+            await self._throttle.acquire()  # type: ignore[no-untyped-call]
 
     def on_rate_limited(self, retry_after: float) -> None:
         """Decrease: to the rate the server was accepting, or by 15%, whichever is lower.
@@ -84,6 +92,8 @@ class Admission:
         observed = self._accepted_rate(now)
         if observed is not None:
             target = min(target, observed)
+        if target == math.inf:  # no ceiling and too few accepts to measure: start at a pace
+            target = _SMOOTH_RATE
         self._set_rate(max(self.min_rate, target))
         self._cooldown_until = now + max(retry_after, 3.0 / self.rate)
 

@@ -29,6 +29,7 @@ class Budget:
         price: PriceSpec,
         max_usd: float,
         on_stop: Callable[[str], None] = lambda reason: None,
+        endpoint: str | None = None,
     ) -> None:
         self.ledger = ledger
         self.price = price
@@ -36,7 +37,7 @@ class Budget:
         self.on_stop = on_stop
         self.stopped = False
         self.refused = 0
-        self._spend = job_spend(ledger, price)  # spend and holds as the run starts
+        self._spend = job_spend(ledger, price, endpoint)  # spend and holds as the run starts
         self._holds = self._spend.holds
         self._reserved: set[str] = set()  # admitted, intent not yet in the ledger
 
@@ -98,13 +99,20 @@ class Budget:
             if row is None:
                 continue
             if row.state == "completed":
-                self._spend.add_completed(self.ledger.outputs(key))
+                self._spend.add_completed(
+                    self.ledger.outputs(key), billable_units=row.billable_units
+                )
             elif row.state == "failed" and row.error_kind in REATTACH_KINDS:
                 self._spend.spent += hold
 
 
 def cost_lines(
-    ledger: Ledger, price: PriceSpec | None, max_usd: float | None, *, dry_run: bool = False
+    ledger: Ledger,
+    price: PriceSpec | None,
+    max_usd: float | None,
+    *,
+    endpoint: str | None = None,
+    dry_run: bool = False,
 ) -> list[str]:
     """The run summary's lines about cost: what a dry run would send, and the job's spend."""
     lines: list[str] = []
@@ -113,11 +121,11 @@ def cost_lines(
         lines.append(f"  to send: {work.text(price)}")
     if price is None:
         return lines
-    spend = job_spend(ledger, price)
+    spend = job_spend(ledger, price, endpoint)
     text = f"  spent: {usd(spend.spent)}"
     if spend.held:
         text += f" + {usd(spend.held)} in flight"
-    text += f" (estimate at {price.describe()})"
+    text += f" ({spend.basis()})"
     if max_usd is not None:
         text += f"; budget {usd(max_usd)}"
         if work is not None:
@@ -132,8 +140,10 @@ def make_budget(
     price: PriceSpec | None,
     budget: BudgetSpec | None,
     on_stop: Callable[[str], None],
+    endpoint: str | None = None,
 ) -> Budget | None:
-    """The run's `Budget`, if the job has one (a budget always has a price: `JobSpec`)."""
+    """The run's `Budget`, if the job has one (the run stops before sending when it has a
+    budget but no price)."""
     if budget is None or price is None:
         return None
-    return Budget(ledger, price, budget.max_usd, on_stop)
+    return Budget(ledger, price, budget.max_usd, on_stop, endpoint)

@@ -28,6 +28,8 @@ class RunStats:
     status_requests: int = 0
     submits: int = 0
     rate_limited: int = 0
+    cancelled: int = 0  # requests cancelled at their deadline
+    completed_after_cancel: int = 0  # of those, ones that completed anyway: their result used
     failed_by_kind: Counter[str] = field(default_factory=Counter)
     webhooks: Counter[str] = field(default_factory=Counter)  # wait: webhook (webhook_wait.py)
     started: float = field(default_factory=time.monotonic)
@@ -67,6 +69,8 @@ class RunStats:
             "submits": self.submits,
             "status_requests": self.status_requests,
             "rate_limited": self.rate_limited,
+            "cancelled": self.cancelled,
+            "completed_after_cancel": self.completed_after_cancel,
             "failed_by_kind": dict(self.failed_by_kind),
             "webhooks": dict(self.webhooks),
         }

@@ -37,6 +37,7 @@ from batch.schema import EditOutput, OutputImage
 DOWNLOAD_TIMEOUT = 120.0
 MAX_IMAGE_BYTES = 200 * 1024 * 1024
 MIN_DOWNLOADS, MAX_DOWNLOADS = 16, 128
+EXPIRED_STATUSES = frozenset({403, 404, 410})  # an output URL past its media expiration
 
 
 def download_limit(concurrency: int) -> int:
@@ -94,6 +95,14 @@ def handle_of(client: QueueClient, row: ItemRow) -> RequestHandle | None:
     return client.handle_for(row.endpoint, row.request_id)
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """A completed request's output, and what fal billed for it (when it said)."""
+
+    output: EditOutput
+    billable_units: float | None = None
+
+
 async def finish_item(
     ctx: Finisher, row: ItemRow, handle: RequestHandle, completed: Completed
 ) -> float | None:
@@ -101,8 +110,8 @@ async def finish_item(
     delivered output, or fetched), downloads, completion — as `run_item` does after waiting.
     Returns when to come back, or None when the item is done."""
     try:
-        output = await fetch_result(ctx, row, handle, completed)
-        await collect(ctx, row, output, shared=True)
+        fetched = await fetch_result(ctx, row, handle, completed)
+        await collect(ctx, row, handle, fetched, shared=True)
     except Later as later:
         return later.when
     except (Finished, InvalidTransitionError):
@@ -111,33 +120,57 @@ async def finish_item(
 
 
 async def fetch_result(
-    ctx: Finisher, row: ItemRow, handle: RequestHandle, completed: Completed
-) -> EditOutput:
+    ctx: Finisher,
+    row: ItemRow,
+    handle: RequestHandle,
+    completed: Completed | None = None,
+) -> Fetched:
+    """The output of a completed request: the one a webhook delivered, or fetched from fal.
+    `completed` None: fetch it again (its image URLs expired)."""
+    units: float | None = None
     try:
-        body = completed.output if completed.output is not None else await ctx.client.result(handle)
+        if completed is not None and completed.output is not None:
+            body = completed.output
+        else:
+            result = await ctx.client.result(handle)
+            body, units = result.output, result.billable_units
     except NotFoundError as exc:
         await retry(ctx, row, exc, kind="expired")  # the result is gone: the only way is again
     except (TransientError, RateLimitedError) as exc:
-        if completed.failed:
+        if completed is not None and completed.failed:
             await retry(ctx, row, exc)  # the job itself failed for a passing reason: resubmit
         raise Later(time.monotonic() + ctx.policy.backoff(2)) from None
     except PermanentError as exc:
-        await fail(ctx, row, exc.kind, str(exc))
+        await fail(ctx, row, exc.kind, str(exc), error_type=exc.error_type)
     try:
-        return EditOutput.model_validate(body)
+        return Fetched(EditOutput.model_validate(body), units)
     except ValidationError as exc:
         await fail(ctx, row, "bad_output", f"result does not match the output schema: {exc}")
 
 
-async def collect(ctx: Finisher, row: ItemRow, output: EditOutput, *, shared: bool) -> None:
+async def collect(
+    ctx: Finisher, row: ItemRow, handle: RequestHandle, fetched: Fetched, *, shared: bool
+) -> None:
     """Download the outputs and mark the item completed. `shared`: another finalizer may have
     finished the item meanwhile; then nothing is downloaded (the ledger's transition refuses a
-    second completion either way, this only saves the downloads)."""
+    second completion either way, this only saves the downloads).
+
+    Output media URLs expire (fal's media expiration): a download that finds its URL gone
+    fetches the result again, once, for fresh URLs. The request is paid for; it is never sent
+    again for a download."""
     if shared and ctx.ledger.state(row.key) != "submitted":
         raise Finished()  # finalized meanwhile by another finalizer (a webhook receiver)
-    records: list[OutputRecord] = []
-    for index, image in enumerate(output.images):
-        records.append(await _download(ctx, row, index, image, output.seed))
+    try:
+        records = await _download_all(ctx, fetched.output, row.key)
+    except DownloadError as exc:
+        if exc.status not in EXPIRED_STATUSES:
+            await fail(ctx, row, "download", str(exc))
+        fetched = await fetch_result(ctx, row, handle)  # fresh URLs
+        try:
+            records = await _download_all(ctx, fetched.output, row.key)
+        except DownloadError as again:
+            await fail(ctx, row, "download", str(again))
+    output = fetched.output
     await ctx.writes.write(
         lambda: ctx.ledger.mark_completed(
             row.key,
@@ -145,16 +178,25 @@ async def collect(ctx: Finisher, row: ItemRow, output: EditOutput, *, shared: bo
             seed=output.seed,
             timings=dict(output.timings),
             nsfw=list(output.has_nsfw_concepts),
+            billable_units=fetched.billable_units,
         )
     )
     ctx.stats.completed += 1
 
 
+async def _download_all(ctx: Finisher, output: EditOutput, key: str) -> list[OutputRecord]:
+    records: list[OutputRecord] = []
+    for index, image in enumerate(output.images):
+        records.append(await _download(ctx, key, index, image, output.seed))
+    return records
+
+
 async def _download(
-    ctx: Finisher, row: ItemRow, index: int, image: OutputImage, seed: int | None
+    ctx: Finisher, key: str, index: int, image: OutputImage, seed: int | None
 ) -> OutputRecord:
+    """One output image, its transient failures retried (`DownloadError` after that)."""
     template = ctx.filename_template
-    name = safe_name(template, key=row.key, index=index, ext=_ext(image), seed=seed or 0)
+    name = safe_name(template, key=key, index=index, ext=_ext(image), seed=seed or 0)
     dest = ctx.output_dir / "images" / name
 
     async def once() -> OutputRecord:
@@ -177,7 +219,9 @@ async def _download(
     except DownloadError as exc:
         # The request succeeded and is paid for: never resubmit it for a download. The item
         # fails as `download` with its request id kept, so `retry` can re-attach to it later.
-        await fail(ctx, row, "download", f"download of image {index} failed: {exc}")
+        raise DownloadError(
+            f"download of image {index} failed: {exc}", transient=exc.transient, status=exc.status
+        ) from None
 
 
 def _ext(image: OutputImage) -> str:
@@ -199,24 +243,33 @@ async def retry(
 ) -> NoReturn:
     """Back to pending for another submit (attempts permitting), or failed."""
     kind = kind or exc.kind
+    error_type = exc.error_type
     current = ctx.ledger.get(row.key)
     attempts = current.attempts if current is not None else row.attempts
     if attempts >= ctx.policy.attempts:
-        await fail(ctx, row, kind, f"{exc} (after {attempts} attempts)")
+        await fail(ctx, row, kind, f"{exc} (after {attempts} attempts)", error_type=error_type)
     wait = ctx.policy.backoff(max(attempts, 1)) if delay is None else delay
     not_before = time.time() + wait
-    await ctx.writes.write(lambda: ctx.ledger.mark_retry(row.key, kind, str(exc), not_before))
+    await ctx.writes.write(
+        lambda: ctx.ledger.mark_retry(row.key, kind, str(exc), not_before, error_type=error_type)
+    )
     ctx.stats.retried += 1
     raise Later(time.monotonic() + wait)
 
 
-async def record_failure(ctx: Finisher, key: str, kind: str, message: str) -> None:
-    """Mark the item failed, and count it."""
-    await ctx.writes.write(lambda: ctx.ledger.mark_failed(key, kind, message))
+async def record_failure(
+    ctx: Finisher, key: str, kind: str, message: str, *, error_type: str | None = None
+) -> None:
+    """Mark the item failed (with fal's error type, when it gave one), and count it."""
+    await ctx.writes.write(
+        lambda: ctx.ledger.mark_failed(key, kind, message, error_type=error_type)
+    )
     ctx.stats.failed += 1
     ctx.stats.failed_by_kind[kind] += 1
 
 
-async def fail(ctx: Finisher, row: ItemRow, kind: str, message: str) -> NoReturn:
-    await record_failure(ctx, row.key, kind, message)
+async def fail(
+    ctx: Finisher, row: ItemRow, kind: str, message: str, *, error_type: str | None = None
+) -> NoReturn:
+    await record_failure(ctx, row.key, kind, message, error_type=error_type)
     raise Finished()

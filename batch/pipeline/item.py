@@ -18,6 +18,7 @@ from typing import Any
 
 from batch import crashpoints
 from batch.fal import (
+    AccountLockedError,
     AmbiguousSubmitError,
     AuthError,
     Completed,
@@ -26,6 +27,7 @@ from batch.fal import (
     PermanentError,
     RateLimitedError,
     RequestHandle,
+    TlsError,
     TransientError,
 )
 from batch.ledger import InvalidTransitionError, ItemRow
@@ -44,6 +46,8 @@ from batch.pipeline.finish import (
 from batch.pipeline.uploads import InputFileError, Uploader
 from batch.pipeline.waiting import Waiter
 
+CANCEL_FOLLOW_S = 120.0  # how long a cancelled request is followed before the next turn
+
 
 @dataclass(kw_only=True)
 class ItemContext(Finisher):
@@ -54,6 +58,9 @@ class ItemContext(Finisher):
     priority: str | None = None
     start_timeout: float | None = None
     deadline: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # fal's platform headers
+    max_queue_length: int | None = None
+    on_account_locked: Callable[[AccountLockedError], None] = field(default=lambda exc: None)
     webhook_url: str | None = None
     on_change: Callable[[], None] = field(default=lambda: None)
     draining: Callable[[], bool] = field(default=lambda: False)
@@ -91,11 +98,11 @@ async def run_item(ctx: ItemContext, row: ItemRow, slot: Slot) -> float | None:
         if ctx.detach:
             return None  # `webhook serve` collects it, or a later run re-attaches
         completed = await _wait(ctx, row, handle, fresh=fresh)
-        output = await fetch_result(ctx, row, handle, completed)
+        fetched = await fetch_result(ctx, row, handle, completed)
         slot.release()
         # Only a request sent with a webhook may also be finalized elsewhere (by `webhook serve`
         # from fal's delivery); one that this task sent without a webhook cannot be.
-        await collect(ctx, row, output, shared=not fresh or ctx.webhook_url is not None)
+        await collect(ctx, row, handle, fetched, shared=not fresh or ctx.webhook_url is not None)
     except Later as later:
         return later.when
     except (Finished, InvalidTransitionError):
@@ -109,41 +116,25 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> RequestHandle:
     if row.attempts >= ctx.policy.attempts:
         await fail(ctx, row, "exhausted", row.error_message or "no attempts left")
     payload = await _payload(ctx, row)
-    await _admit(ctx, row)
-    if row.submit_started_at is not None:
-        # An earlier run sent this submit and died before recording the answer.
-        await _note_ambiguous(ctx, row)
-    # The intent, committed before the request leaves.
-    await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key))
-    if ctx.budget is not None:
-        ctx.budget.sending(row.key)
-    ctx.stats.submits += 1
+    await _admit(ctx, row)  # from here this item holds a place in the submit window
+    round_trip: float | None = None  # of the submit fal accepted
     try:
-        handle = await ctx.client.submit(
-            row.endpoint,
-            payload,
-            webhook_url=ctx.webhook_url,
-            priority=ctx.priority,
-            start_timeout=ctx.start_timeout,
-        )
-    except AmbiguousSubmitError as exc:
-        # fal may have queued it, and cannot tell us its id: submit again, and say so.
-        await _note_ambiguous(ctx, row)
-        await retry(ctx, row, exc, delay=0.0)
-    except RateLimitedError as exc:
-        # Not queued. Everyone slows down; the item keeps its attempt count.
-        await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, sending=False))
-        ctx.stats.rate_limited += 1
-        wait = ctx.policy.backoff(1, exc.retry_after if exc.retry_after is not None else 1.0)
-        ctx.admission.on_rate_limited(wait)
-        raise Later(time.monotonic() + wait) from None
-    except AuthError:
-        await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, sending=False))
-        raise
-    except TransientError as exc:
-        await retry(ctx, row, exc)
-    except PermanentError as exc:
-        await fail(ctx, row, exc.kind, str(exc))
+        if row.submit_started_at is not None:
+            # An earlier run sent this submit and died before recording the answer.
+            await _note_ambiguous(ctx, row)
+        # The intent, committed before the request leaves.
+        await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key))
+        if _turned_back(ctx, row):  # a stop came while the intent was committed
+            await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, sending=False))
+            raise Later(time.monotonic())
+        if ctx.budget is not None:
+            ctx.budget.sending(row.key)
+        ctx.stats.submits += 1
+        sent = time.monotonic()
+        handle = await _send(ctx, row, payload)
+        round_trip = time.monotonic() - sent
+    finally:
+        ctx.admission.window.release(round_trip)
     crashpoints.crashpoint("submit")
     await ctx.writes.write(
         lambda: ctx.ledger.mark_submitted(
@@ -158,11 +149,60 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> RequestHandle:
     return handle
 
 
+async def _send(ctx: ItemContext, row: ItemRow, payload: dict[str, Any]) -> RequestHandle:
+    """The submit itself; an error answer becomes the item's next state."""
+    try:
+        return await ctx.client.submit(
+            row.endpoint,
+            payload,
+            webhook_url=ctx.webhook_url,
+            priority=ctx.priority,
+            start_timeout=ctx.start_timeout,
+            headers=ctx.headers,
+            max_queue_length=ctx.max_queue_length,
+        )
+    except AmbiguousSubmitError as exc:
+        # fal may have queued it, and cannot tell us its id: submit again, and say so.
+        await _note_ambiguous(ctx, row)
+        await retry(ctx, row, exc, delay=0.0)
+    except RateLimitedError as exc:
+        # Not queued. Everyone slows down; the item keeps its attempt count.
+        await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, sending=False))
+        ctx.stats.rate_limited += 1
+        wait = ctx.policy.backoff(1, exc.retry_after if exc.retry_after is not None else 1.0)
+        ctx.admission.on_rate_limited(wait)
+        raise Later(time.monotonic() + wait) from None
+    except AccountLockedError as exc:
+        # Not queued, and nothing new will be until the account is topped up: the run stops
+        # admitting and collects what is running; the item waits, its attempt not counted.
+        await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, sending=False))
+        ctx.on_account_locked(exc)
+        raise Later(time.monotonic()) from None
+    except (AuthError, TlsError):
+        await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, sending=False))
+        raise
+    except TransientError as exc:
+        await retry(ctx, row, exc)
+    except PermanentError as exc:
+        await fail(ctx, row, exc.kind, str(exc), error_type=exc.error_type)
+
+
+def _turned_back(ctx: ItemContext, row: ItemRow) -> bool:
+    """A stop that came while this item waited turns it back (its budget hold released),
+    unless it was the budget's own: the budget admitted this item and refuses only later ones.
+    """
+    if not ctx.draining() or (ctx.budget is not None and ctx.budget.stopped):
+        return False
+    if ctx.budget is not None:
+        ctx.budget.release(row.key)
+    return True
+
+
 async def _admit(ctx: ItemContext, row: ItemRow) -> None:
     """The gate before a submit, in this order: not stopping, within the budget, the submit
-    rate. (The in-flight slot was taken by the dispatcher before the item's turn began: it
-    bounds re-attached items too.) A stop or a refusal leaves the item pending for a later run.
-    """
+    rate, a place in the window of submits on the wire (`batch.pipeline.window`; the caller
+    gives it back). The in-flight slot was taken by the dispatcher before the item's turn began:
+    it bounds re-attached items too. A stop or a refusal leaves the item pending."""
     if ctx.draining():
         raise Later(time.monotonic())
     if ctx.budget is not None:
@@ -170,11 +210,11 @@ async def _admit(ctx: ItemContext, row: ItemRow) -> None:
         if not ctx.budget.admit(row):
             raise Later(time.monotonic())  # over budget: the budget stopped the run
     await ctx.admission.before_submit()
-    # A stop that came while this item waited for the rate turns it back, unless it was the
-    # budget's own: the budget admitted this item, and only refuses the ones after it.
-    if ctx.draining() and not (ctx.budget is not None and ctx.budget.stopped):
-        if ctx.budget is not None:
-            ctx.budget.release(row.key)
+    if _turned_back(ctx, row):
+        raise Later(time.monotonic())
+    await ctx.admission.window.acquire()
+    if _turned_back(ctx, row):
+        ctx.admission.window.release(None)
         raise Later(time.monotonic())
 
 
@@ -191,7 +231,7 @@ async def _payload(ctx: ItemContext, row: ItemRow) -> dict[str, Any]:
     except (TransientError, RateLimitedError) as exc:
         await retry(ctx, row, exc, kind="upload")  # the uploader's own retries are used up
     except PermanentError as exc:
-        await fail(ctx, row, "upload", str(exc))
+        await fail(ctx, row, "upload", str(exc), error_type=exc.error_type)
 
 
 async def _note_ambiguous(ctx: ItemContext, row: ItemRow) -> None:
@@ -209,8 +249,7 @@ async def _wait(
         async with asyncio.timeout(ctx.deadline):
             return await ctx.waiter.wait(handle, fresh=fresh)
     except TimeoutError:
-        await _cancel_quietly(ctx, handle)
-        await retry(ctx, row, TransientError(f"no result within the {ctx.deadline:g} s deadline"))
+        return await _after_deadline(ctx, row, handle)
     except NotFoundError as exc:
         await retry(ctx, row, exc, kind="lost")  # fal no longer knows it: submit again
     except (TransientError, RateLimitedError):
@@ -220,6 +259,28 @@ async def _wait(
         ctx.stats.in_flight -= 1
 
 
-async def _cancel_quietly(ctx: ItemContext, handle: RequestHandle) -> None:
-    with contextlib.suppress(FalError):  # best effort: the item is retried whatever the answer
+async def _after_deadline(ctx: ItemContext, row: ItemRow, handle: RequestHandle) -> Completed:
+    """The item's deadline passed: cancel its request, then follow it to its end.
+
+    On fal a cancel only signals a running request; it may still finish, and is then billed.
+    So the item is sent again only once fal says the request did not succeed; if it completed
+    anyway, its (paid) result is used. Until fal says either, the item stays `submitted`:
+    another turn asks again, and its budget hold stays."""
+    assert ctx.deadline is not None
+    ctx.stats.cancelled += 1
+    with contextlib.suppress(FalError):  # best effort: the status says what happened
         await ctx.client.cancel(handle)
+    try:
+        async with asyncio.timeout(max(ctx.deadline, CANCEL_FOLLOW_S)):
+            completed = await ctx.waiter.wait(handle)
+    except TimeoutError:
+        raise Later(time.monotonic()) from None  # still running: look again next turn
+    except NotFoundError as exc:
+        await retry(ctx, row, exc, kind="lost")
+    except (TransientError, RateLimitedError):
+        raise Later(time.monotonic() + ctx.policy.backoff(2)) from None
+    if completed.failed:  # cancelled (or failed): known not to have succeeded
+        why = f"no result within the {ctx.deadline:g} s deadline; cancelled"
+        await retry(ctx, row, TransientError(why))
+    ctx.stats.completed_after_cancel += 1
+    return completed

@@ -13,14 +13,21 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from batch.errors import ExitCode
-from batch.fal import AuthError, Credentials, QueueClient, credentials_from_env
-from batch.job import JobSpec
-from batch.ledger import Ledger
+from batch.fal import (
+    DEFAULT_QUEUE_URL,
+    AccountLockedError,
+    AuthError,
+    Credentials,
+    QueueClient,
+    TlsError,
+    credentials_from_env,
+)
+from batch.job import DEFAULT_PLATFORM_URL, JobError, JobSpec
+from batch.ledger import ACCOUNT_LOCKED_META, Ledger
 from batch.ledger.group import GroupCommit
 from batch.outputs.lock import run_lock
 from batch.outputs.naming import cleanup_temp_files
@@ -32,6 +39,8 @@ from batch.pipeline.finish import download_limit
 from batch.pipeline.item import ItemContext
 from batch.pipeline.planning import plan_run
 from batch.pipeline.policy import RetryPolicy
+from batch.pipeline.prices import known_price, resolve_price
+from batch.pipeline.summary import RunSummary, locked_message
 from batch.pipeline.uploads import make_uploader
 from batch.pipeline.waiting import Waiter
 from batch.pipeline.webhook_wait import (
@@ -43,67 +52,6 @@ from batch.pipeline.webhook_wait import (
 from batch.report.sheet import REPORT_NAME, write_report_quietly
 
 log = logging.getLogger("batch.run")
-
-
-@dataclass
-class RunSummary:
-    name: str
-    output_dir: Path
-    exit_code: ExitCode
-    counts: dict[str, int] = field(default_factory=dict)
-    plan: dict[str, int] = field(default_factory=dict)
-    stats: dict[str, Any] = field(default_factory=dict)
-    wall_time: float = 0.0
-    message: str = ""
-    warnings: list[str] = field(default_factory=list)
-    possible_duplicates: int = 0  # in the whole ledger, not only this run
-    cost: list[str] = field(default_factory=list)  # with a price: spend (and a dry run's estimate)
-
-    @property
-    def items_per_second(self) -> float:
-        done = int(self.stats.get("completed", 0)) + int(self.stats.get("failed", 0))
-        return done / self.wall_time if self.wall_time > 0 else 0.0
-
-    @property
-    def status_requests_per_item(self) -> float:
-        done = int(self.stats.get("completed", 0)) + int(self.stats.get("failed", 0))
-        return int(self.stats.get("status_requests", 0)) / max(1, done)
-
-    def text(self) -> str:
-        failed = self.stats.get("failed_by_kind") or {}
-        by_kind = ", ".join(f"{k} {v}" for k, v in sorted(failed.items())) or "none"
-        lines = [
-            f"run {self.name}: {self.message}" if self.message else f"run {self.name}",
-            f"  items: {self.counts.get('completed', 0)} completed, "
-            f"{self.counts.get('failed', 0)} failed, {self.counts.get('pending', 0)} pending, "
-            f"{self.counts.get('submitted', 0)} submitted",
-            f"  this run: {self.stats.get('completed', 0)} completed, failed by kind: {by_kind}, "
-            f"{self.stats.get('retried', 0)} retried, "
-            f"{self.stats.get('possible_duplicates', 0)} possible duplicates",
-            f"  wall time {self.wall_time:.1f} s, {self.items_per_second:.1f} items/s, "
-            f"{self.status_requests_per_item:.2f} status requests per item",
-            *self._notes(),
-            *self.cost,
-            f"  images: {self.output_dir / 'images'}",
-            f"  ledger: {self.output_dir / 'ledger.sqlite'}",
-            f"  results: {self.output_dir / 'results.csv'} and results.jsonl",
-            *[f"  report: {p}" for p in [self.output_dir / REPORT_NAME] if p.exists()],
-        ]
-        return "\n".join(lines)
-
-    def _notes(self) -> list[str]:
-        notes = []
-        if self.plan.get("missing"):
-            notes.append(
-                f"  {self.plan['missing']} items in the ledger are no longer in the manifest "
-                "(kept; see results.csv, in_manifest=false)"
-            )
-        if self.possible_duplicates:
-            notes.append(
-                f"  {self.possible_duplicates} items may have been submitted twice "
-                "(an answer was lost in transit; results.csv: possible_duplicate)"
-            )
-        return notes
 
 
 async def run_job(
@@ -140,11 +88,18 @@ async def run_job(
         if dry_run:
             summary.counts = ledger.counts()
             summary.message = "dry run: nothing sent"
-            summary.cost = cost_lines(ledger, spec.price, _max_usd(spec), dry_run=True)
+            summary.cost = cost_lines(
+                ledger,
+                known_price(spec, ledger),
+                _max_usd(spec),
+                endpoint=spec.endpoint,
+                dry_run=True,
+            )
             return summary
         run_id = ledger.start_run(_settings(spec))
         stop = stop or StopSignal()
         stats = RunStats(total=plan.to_do)
+        locked: list[AccountLockedError] = []
         try:
             with (
                 _signals(stop, handle_signals),
@@ -153,15 +108,22 @@ async def run_job(
             ):
                 # A finished job makes no connection at all.
                 if plan.to_do or ledger.counts()["submitted"]:
-                    await _execute(spec, ledger, stats, stop, progress, policy, credentials, detach)
+                    await _execute(
+                        spec, ledger, stats, stop, progress, policy, credentials, detach, locked
+                    )
             summary.exit_code = _exit_code(ledger.counts(), stop, _work_left(ledger))
             summary.message = _message(stop)
+            if locked:
+                summary.exit_code = ExitCode.ACCOUNT_LOCKED
+                summary.message = locked_message(locked[0], ledger.counts())
             if detach and not stop.draining.is_set():
                 counts = ledger.counts()
                 summary.exit_code = ExitCode.FAILED if counts["failed"] else ExitCode.OK
                 summary.message = detached_message(counts)
         except AuthError as exc:
-            summary.exit_code, summary.message = ExitCode.AUTH, f"refused by fal: {exc}"
+            summary.exit_code, summary.message = exc.exit_code, f"refused by fal: {exc}"
+        except TlsError as exc:
+            summary.exit_code, summary.message = exc.exit_code, str(exc)
         finally:
             progress.close(stats)
             summary.stats = stats.as_dict()
@@ -172,7 +134,8 @@ async def run_job(
             if not (plan.reused and stats.done == 0 and _derived_current(ledger, output_dir)):
                 ledger.export(output_dir)
                 write_report_quietly(spec)
-            summary.cost = cost_lines(ledger, spec.price, _max_usd(spec))
+            price = known_price(spec, ledger)
+            summary.cost = cost_lines(ledger, price, _max_usd(spec), endpoint=spec.endpoint)
     return summary
 
 
@@ -197,7 +160,11 @@ async def _execute(
     policy: RetryPolicy | None,
     credentials: Credentials | None,
     detach: bool = False,
+    locked: list[AccountLockedError] | None = None,
 ) -> None:
+    """Dispatch the run's items. A locked account is added to `locked` (the run stops
+    admitting and drains); an AuthError or TlsError ends it at once."""
+    locked = [] if locked is None else locked
     policy = policy or RetryPolicy.from_spec(spec.retries)
     receive = spec.wait == "webhook" and not detach
     writes = GroupCommit(ledger)
@@ -213,6 +180,19 @@ async def _execute(
             on_status_request=stats.count_status_request,
             hooks=hooks,
         )
+        price = await resolve_price(spec, client, ledger, _platform_url(spec, client))
+        if spec.budget is not None and price is None:
+            raise JobError(
+                ["budget: needs a price: fal's pricing API gave none; set price: in the job"]
+            )
+
+        def on_locked(exc: AccountLockedError) -> None:
+            if not locked:  # once: a second stop request would abort what is running
+                log.error("fal refused new work: %s", exc.reason)
+                ledger.set_meta(ACCOUNT_LOCKED_META, exc.reason)
+                locked.append(exc)
+                stop.request("account locked")
+
         uploads = make_uploader(spec, client, ledger, policy)
         ctx = ItemContext(
             client=client,
@@ -228,12 +208,15 @@ async def _execute(
             priority=spec.priority,
             start_timeout=spec.start_timeout,
             deadline=spec.deadline,
+            headers=spec.fal.headers(),
+            max_queue_length=spec.fal.max_queue_length,
+            on_account_locked=on_locked,
             on_change=lambda: progress.update(stats),
             draining=stop.draining.is_set,
             uploads=uploads,
             webhook_url=submit_webhook_url(spec, hooks, detach),
             detach=detach,
-            budget=make_budget(ledger, spec.price, spec.budget, stop.request),
+            budget=make_budget(ledger, price, spec.budget, stop.request, spec.endpoint),
         )
         dispatcher = Dispatcher(ctx, stop)
         try:
@@ -243,6 +226,8 @@ async def _execute(
             await uploads.aclose()
         if dispatcher.fatal is not None:
             raise dispatcher.fatal
+        if not locked and stats.submits > stats.rate_limited:
+            ledger.set_meta(ACCOUNT_LOCKED_META, None)  # fal took work again
 
 
 @contextlib.asynccontextmanager
@@ -251,7 +236,10 @@ async def _queue(spec: JobSpec, credentials: Credentials | None) -> AsyncIterato
     if spec.queue != "local":
         creds = credentials or credentials_from_env()
         async with QueueClient(
-            base_url=spec.queue, credentials=creds, max_connections=_connections(spec)
+            base_url=spec.queue,
+            credentials=creds,
+            max_connections=_connections(spec),
+            ca_bundle=spec.fal.ca_bundle,
         ) as client:
             yield client
         return
@@ -274,6 +262,15 @@ async def _queue(spec: JobSpec, credentials: Credentials | None) -> AsyncIterato
         ) as client,
     ):
         yield client
+
+
+def _platform_url(spec: JobSpec, client: QueueClient) -> str | None:
+    """Where fal's Platform API is for this run (see `FalSpec.platform_url`)."""
+    if spec.fal.platform_url is not None:
+        return spec.fal.platform_url
+    if spec.local:
+        return client.base_url  # the simulator serves the pricing route too
+    return DEFAULT_PLATFORM_URL if spec.queue == DEFAULT_QUEUE_URL else None
 
 
 def _in_flight_limit(spec: JobSpec) -> int:

@@ -152,6 +152,8 @@ class Waiter:
             now = time.monotonic()
             if isinstance(status, InProgress) and started is None:
                 started = now
+            elif isinstance(status, Queued):
+                started = None  # fal retries requests itself: a running one may queue again
             running_for = now - started if started is not None else 0.0
             delay = next_poll(status, self.service, running_for, self.slots, now - first)
             await asyncio.sleep(delay)

@@ -3,10 +3,11 @@
 One self-contained page that works offline: every item's input and output thumbnails side by
 side (files under ``thumbs/``, or an output itself when it is no bigger than a thumbnail; see
 `batch.report.thumbnails`; never a full image inlined, never a remote image fetched), its prompt,
-seed, state, latency, error or NSFW flag, and links to the full images. Summary counts, a
-latency histogram (inline SVG), filters (all, completed, failed, flagged, unfinished), a search
-on prompt or id, and client-side pagination — the items are embedded as JSON, so 10,000 items
-stay one light page.
+seed, state, latency, error (with fal's error type) or NSFW flag, fal's billable units, and
+links to the full images. Summary counts, the job's spend (`batch.ledger.spend`: from fal's
+billable units where the ledger has them, else estimated), a latency histogram (inline SVG),
+filters (all, completed, failed, flagged, unfinished), a search on prompt or id, and
+client-side pagination — the items are embedded as JSON, so 10,000 items stay one light page.
 
 The ledger is read through its own connection, in one snapshot, streaming: a few hundred rows
 (with their request JSON) at a time; the page keeps a compact record per item. The file is
@@ -27,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batch.ledger.prices import parse_kept, price_key
+from batch.ledger.spend import JobSpend, spend_in
 from batch.manifest.pricing import PriceSpec, usd
 from batch.outputs.durable import atomic_writer
 from batch.report.page import histogram_svg, render_page
@@ -45,7 +48,7 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one for e
 _SQL = """
     SELECT i.key, i.source, i.state, i.attempts, i.request, i.error_kind, i.error_message,
            i.seed, i.nsfw, i.timings, i.submitted_at, i.completed_at, i.possible_duplicate,
-           o.path, o.width, o.height, o.bytes
+           o.path, o.width, o.height, o.bytes, i.error_type, i.billable_units
     FROM items AS i LEFT JOIN outputs AS o ON o.item_key = i.key
     ORDER BY i.key, o.idx
 """
@@ -64,6 +67,7 @@ class Report:
     latencies: list[float] = field(default_factory=list)
     output_images: int = 0
     output_pixels: int = 0
+    spend: JobSpend | None = None  # with a price: the job's spend, read in the page's snapshot
 
 
 @dataclass
@@ -91,9 +95,11 @@ def write_report(
     *,
     title: str,
     price: PriceSpec | None = None,
+    endpoint: str | None = None,
     now: float | None = None,
 ) -> Report:
-    """Write ``<output_dir>/report.html`` (and its thumbnails) from the ledger there."""
+    """Write ``<output_dir>/report.html`` (and its thumbnails) from the ledger there. Without
+    `price`, the price a run kept for `endpoint` (fal's) is used, if any."""
     db_path = output_dir / "ledger.sqlite"
     if not db_path.is_file():
         raise FileNotFoundError(f"{output_dir}: no ledger yet (has this job been run?)")
@@ -107,6 +113,9 @@ def write_report(
         for chunk in _chunks(_items(conn, thumbs, report), CHUNK):
             failed = thumbs.make()
             records.extend(_json(item.finish(failed)) for item in chunk)
+        price = price or _kept_price(conn, endpoint)
+        if price is not None:
+            report.spend = spend_in(conn, price, _local_sizes(conn), endpoint)
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -114,7 +123,7 @@ def write_report(
     page = render_page(
         title=title,
         generated=_iso(now if now is not None else time.time()),
-        summary=_summary(report, price),
+        summary=_summary(report),
         histogram=histogram_svg(report.latencies),
         items_json="[" + ",\n".join(records) + "]",
     )
@@ -125,7 +134,14 @@ def write_report(
 
 def report_for(spec: JobSpec) -> Report:
     """`write_report` for a job: its output folder, name and price."""
-    return write_report(spec.output, title=spec.name, price=spec.price)
+    return write_report(spec.output, title=spec.name, price=spec.price, endpoint=spec.endpoint)
+
+
+def _kept_price(conn: sqlite3.Connection, endpoint: str | None) -> PriceSpec | None:
+    if endpoint is None:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", (price_key(endpoint),)).fetchone()
+    return parse_kept(row[0] if row else None)
 
 
 def write_report_quietly(spec: JobSpec) -> Path | None:
@@ -146,6 +162,14 @@ def _local_files(conn: sqlite3.Connection) -> list[tuple[str, str, int, int]]:
         return []
 
 
+def _local_sizes(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    try:
+        rows = conn.execute("SELECT sha256, width, height FROM local_files").fetchall()
+    except sqlite3.OperationalError:  # a ledger from before local files
+        return {}
+    return {sha: (width, height) for sha, width, height in rows}
+
+
 def _chunks(items: Iterator[_Item], size: int) -> Iterator[list[_Item]]:
     while chunk := list(itertools.islice(items, size)):
         yield chunk
@@ -162,6 +186,7 @@ def _items(conn: sqlite3.Connection, thumbs: Thumbnailer, report: Report) -> Ite
 def _item(members: Sequence[Sequence[Any]], thumbs: Thumbnailer, report: Report) -> _Item:
     (key, source, state, attempts, request, error_kind, error_message, seed, nsfw, timings,
      submitted_at, completed_at, duplicate) = members[0][:13]  # fmt: skip
+    error_type, units = members[0][17:19]
     payload = _loads(request)
     outputs = [m[13:17] for m in members if m[13] is not None]
     flagged = any(_loads(nsfw) or [])
@@ -187,6 +212,10 @@ def _item(members: Sequence[Sequence[Any]], thumbs: Thumbnailer, report: Report)
     }
     if error_kind or error_message:
         record["e"] = _cut(f"{error_kind or 'error'}: {error_message or ''}", ERROR_CHARS)
+    if error_type:
+        record["et"] = _cut(error_type, ERROR_CHARS)
+    if units is not None:
+        record["u"] = units
     if duplicate:
         record["d"] = True
     return _Item(
@@ -220,12 +249,15 @@ def _latency(
     return None
 
 
-def _summary(report: Report, price: PriceSpec | None) -> dict[str, Any]:
+def _summary(report: Report) -> dict[str, Any]:
     counts = {s: report.counts.get(s, 0) for s in ("completed", "failed", "pending", "submitted")}
     summary: dict[str, Any] = {"total": report.items, **counts, "flagged": report.flagged}
-    if price is not None:
-        spent = price.cost(report.output_images, report.output_pixels)
-        summary["cost"] = f"{usd(spent)} for completed items (at {price.describe()})"
+    if report.spend is not None:
+        spend = report.spend
+        text = f"{usd(spend.spent)} spent"
+        if spend.held:
+            text += f" + {usd(spend.held)} in flight"
+        summary["cost"] = f"{text} ({spend.basis()})"
     return summary
 
 

@@ -1,7 +1,9 @@
 """`firered-batch status`: a job's state from its ledger, without network.
 
 Counts by state, failures grouped by error kind with an example each, the latest run (live or
-finished) with its throughput and, while it is live, an ETA; with a price, the spend so far.
+finished) with its throughput and, while it is live, an ETA; with a price, the spend so far
+(`batch.ledger.spend.job_spend`: from fal's billable units where the ledger has them, else
+estimated); and, while fal refuses the account new work (out of credit), one line that says so.
 
 A run is *live* when the runs table has it without an end and the process that wrote the
 output folder's lock (`batch.outputs.lock`) is still alive; a run without an end whose process
@@ -18,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batch.ledger import FailureGroup, Ledger
-from batch.ledger.spend import job_spend
+from batch.ledger import ACCOUNT_LOCKED_META, FailureGroup, Ledger
+from batch.ledger.spend import JobSpend, job_spend
 from batch.manifest.pricing import PriceSpec, usd
 
 STATES = ("completed", "failed", "submitted", "pending")
+REASON_CHARS = 300
 
 
 @dataclass
@@ -80,6 +83,9 @@ class JobStatus:
     run: RunInfo | None = None
     spent: float | None = None
     price: PriceSpec | None = None
+    spend: JobSpend | None = None
+    account_locked: str | None = None  # fal's reason, while it refuses the account new work
+    waiting: int = 0  # pending items of the manifest (what a locked account holds back)
 
     @property
     def total(self) -> int:
@@ -102,6 +108,8 @@ class JobStatus:
             ],
             "run": None if self.run is None else self.run.as_dict(),
             "spent_usd": self.spent,
+            "spent_billed_items": None if self.spend is None else self.spend.billed,
+            "account_locked": self.account_locked,
         }
 
     def text(self) -> str:
@@ -122,8 +130,23 @@ class JobStatus:
         if self.run is not None:
             lines.append(_run_line(self.run))
         if self.spent is not None and self.price is not None:
-            lines.append(f"spent: {usd(self.spent)} (estimate at {self.price.describe()})")
+            basis = (
+                self.spend.basis()
+                if self.spend is not None
+                else f"estimate at {self.price.describe()}"
+            )
+            lines.append(f"spent: {usd(self.spent)} ({basis})")
+        if self.account_locked is not None:
+            lines.append(_locked_line(self.account_locked, self.waiting))
         return "\n".join(lines)
+
+
+def _locked_line(reason: str, waiting: int) -> str:
+    text = " ".join(reason.split()) or "locked"
+    if len(text) > REASON_CHARS:
+        text = text[: REASON_CHARS - 1] + "…"
+    items = "1 item waits" if waiting == 1 else f"{waiting} items wait"
+    return f"waiting on the fal account: {text} — top up, then run the same command again ({items})"
 
 
 def _run_line(run: RunInfo) -> str:
@@ -154,15 +177,36 @@ def duration(seconds: float) -> str:
 
 
 def job_status(
-    ledger: Ledger, *, name: str, price: PriceSpec | None = None, now: float | None = None
+    ledger: Ledger,
+    *,
+    name: str,
+    price: PriceSpec | None = None,
+    endpoint: str | None = None,
+    now: float | None = None,
 ) -> JobStatus:
     """Everything `status` shows, read from the ledger (and the lock file's pid)."""
     status = JobStatus(name, ledger.output_dir, ledger.counts(), ledger.failures(limit=20))
     status.run = _latest_run(ledger, time.time() if now is None else now)
     if price is not None:
         status.price = price
-        status.spent = job_spend(ledger, price).spent
+        status.spend = job_spend(ledger, price, endpoint)
+        status.spent = status.spend.spent
+    status.account_locked = ledger.get_meta(ACCOUNT_LOCKED_META)
+    if status.account_locked is not None:
+        status.waiting = _pending_in_manifest(ledger)
     return status
+
+
+def _pending_in_manifest(ledger: Ledger) -> int:
+    conn = sqlite3.connect(ledger.path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        row = conn.execute(
+            "SELECT count(*) FROM items WHERE state = 'pending' AND in_manifest = 1"
+        ).fetchone()
+    finally:
+        conn.close()
+    return int(row[0])
 
 
 def _latest_run(ledger: Ledger, now: float) -> RunInfo | None:

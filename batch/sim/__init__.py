@@ -3,21 +3,25 @@
     async with Simulator(SimConfig(capacity=2, latency="uniform:0.1,0.3")) as sim:
         sim.url, sim.key, sim.counters, sim.jobs
 
-Modules: `config` (SimConfig, Latency), `faults` (FaultPlan, FaultRule), `counters`, `paths`,
-`jobs` (records, outcomes, status bodies), `model` (queue and slots), `gateway` (counting,
-faults and auth middlewares), `app` (routes), `server` (Simulator, run_forever), `tls`,
-`clock` (the simulator's wall clock; `ManualClock` for tests);
-`imaging` and `storage` hold the pixels and the file store.
+Modules: `config` (SimConfig, Latency, Price), `faults` (FaultPlan, FaultRule), `counters`,
+`paths`, `jobs` (records, outcomes, status bodies), `model` (queue, slots, fal's retries),
+`billing` (prices, balance, the charge per request), `gateway` (counting, faults and auth
+middlewares), `app` (routes), `server` (Simulator, run_forever), `tls`, `clock` (the
+simulator's wall clock; `ManualClock` for tests); `imaging` and `storage` hold the pixels and
+the file store.
 """
 
+from batch.sim.billing import LOCKED_DETAIL, Billing
 from batch.sim.clock import Clock, ManualClock
-from batch.sim.config import Latency, SimConfig
+from batch.sim.config import Latency, Price, SimConfig
 from batch.sim.counters import Counters, payload_hash
 from batch.sim.faults import FaultPlan, FaultRule
 from batch.sim.jobs import JobRecord
 from batch.sim.server import Simulator, run_forever, serve
 
 __all__ = [
+    "LOCKED_DETAIL",
+    "Billing",
     "Clock",
     "Counters",
     "FaultPlan",
@@ -25,6 +29,7 @@ __all__ = [
     "JobRecord",
     "Latency",
     "ManualClock",
+    "Price",
     "SimConfig",
     "Simulator",
     "payload_hash",

@@ -5,10 +5,17 @@
     GET  /{root}/requests/{id}/status/stream     status as server-sent events
     GET  /{root}/requests/{id}[/response]        result (the model's answer, replayed)
     PUT  /{root}/requests/{id}/cancel            cancel
+    GET  /v1/models/pricing?endpoint_id=...      the Platform API's prices (`Key` auth)
     GET  /_sim/counters, /_sim/jobs, /_sim/health   admin, no auth
     GET  /.well-known/jwks.json                  the webhook signing key (webhooks.py), no auth
 
 The storage routes (`storage.py`) are registered first; the queue routes are catch-alls.
+
+A submit is refused, in this order: 404 for an app `SimConfig.apps` does not list, 403 while
+the account is locked (`billing.py`), 429 from `max_submits_per_second`, 422 for a bad
+`fal_max_queue_length` or body, 429 when more than `fal_max_queue_length` requests wait in the
+endpoint's queue. Every submit that reaches the queue has its platform headers and `fal_`
+query parameters counted (`Counters.submit_params`) and kept on its `JobRecord.sent`.
 """
 
 from __future__ import annotations
@@ -22,10 +29,11 @@ from typing import Any
 from aiohttp import web
 
 from batch.sim import jobs
+from batch.sim.billing import LOCKED_DETAIL, Billing
 from batch.sim.clock import Clock
 from batch.sim.config import SimConfig
 from batch.sim.counters import Counters, payload_hash
-from batch.sim.faults import FaultInjector
+from batch.sim.faults import FaultInjector, FaultRule
 from batch.sim.gateway import (
     REQUEST_ID_HEADER,
     auth_middleware,
@@ -37,13 +45,30 @@ from batch.sim.gateway import (
 from batch.sim.jobs import COMPLETED, Job
 from batch.sim.model import Model
 from batch.sim.paths import Target, endpoint_root, parse_request_path, segments
-from batch.sim.storage import FileStore, storage_routes
+from batch.sim.storage import FileStore, lifecycle_ttl, storage_routes
 from batch.sim.webhooks import WebhookSigner
 
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
+NO_RETRY_VALUES = frozenset({"1", "true", "yes"})  # fal's docs: 1, true or yes
+STORE_IO_OFF = frozenset({"0", "false", "no"})
 START_TIMEOUT_HEADERS = ("X-Fal-Request-Start-Timeout", "X-Fal-Request-Timeout")
 MIN_START_TIMEOUT_S = 0.1
 NOT_FOUND = {"status": "NOT_FOUND"}
+# What a submit may carry that is fal's, not the model's (common-parameters, submit, §1).
+PLATFORM_HEADERS = (
+    "X-Fal-Request-Timeout",
+    "X-Fal-Request-Start-Timeout",
+    "X-Fal-Runner-Hint",
+    "X-Fal-Queue-Priority",
+    "X-Fal-No-Retry",
+    "X-Fal-Retry-Config",
+    "X-Fal-Store-IO",
+    "X-Fal-Object-Lifecycle-Preference",
+    "X-App-Fal-Disable-Fallback",
+    "X-Fal-Disable-Fallbacks",
+)
+PLATFORM_QUERY = ("fal_webhook", "fal_max_queue_length")
+MAX_PRICED_ENDPOINTS = 50
 
 
 class SubmitBucket:
@@ -79,6 +104,15 @@ def _body_error(loc: list[Any], msg: str, kind: str) -> web.Response:
     return json_response({"detail": [{"loc": ["body", *loc], "msg": msg, "type": kind}]}, 422)
 
 
+def platform_params(request: web.Request) -> dict[str, str]:
+    """The platform headers (lower-case names) and `fal_` query parameters a submit carried."""
+    sent = {
+        name.lower(): request.headers[name] for name in PLATFORM_HEADERS if name in request.headers
+    }
+    sent.update({name: request.query[name] for name in PLATFORM_QUERY if name in request.query})
+    return sent
+
+
 def start_timeout(request: web.Request) -> float | None:
     """The start deadline in seconds; Start-Timeout wins over the deprecated header."""
     for name in START_TIMEOUT_HEADERS:
@@ -102,6 +136,7 @@ class QueueApp:
         counters: Counters,
         signer: WebhookSigner | None = None,
         clock: Clock = time.time,
+        billing: Billing | None = None,
     ):
         self.config = config
         self.clock = clock
@@ -109,26 +144,41 @@ class QueueApp:
         self.store = store
         self.model = model
         self.counters = counters
+        self.billing = billing if billing is not None else model.billing
         self.injector = FaultInjector(config.faults)
         rate = config.max_submits_per_second
         self.bucket = SubmitBucket(rate, clock) if rate is not None else None
+        self.cdn_url: str | None = None  # the CDN host's origin, when it has its own port
+        self.cdn_port: int | None = None
+        known = config.apps
+        self.apps = None if known is None else {endpoint_root(a) or a for a in known}
 
     def build(self) -> web.Application:
+        config = self.config
         app = web.Application(
-            client_max_size=self.config.max_body_bytes,
+            client_max_size=config.max_body_bytes,
             middlewares=[
                 observe_middleware(self.counters),
-                faults_middleware(self.injector, self.counters),
-                auth_middleware(self.config.key),
+                faults_middleware(self.injector, self.counters, self.on_cdn),
+                auth_middleware(config.key),
             ],
         )
+        cdn_origin = self.cdn_origin if config.cdn_host else None
         app.add_routes(
             [
                 web.get("/_sim/counters", self.admin_counters),
                 web.get("/_sim/jobs", self.admin_jobs),
                 web.get("/_sim/health", self.admin_health),
                 web.get("/.well-known/jwks.json", self.jwks),
-                *storage_routes(self.store, token_ttl_s=self.config.token_ttl_s, clock=self.clock),
+                web.get("/v1/models/pricing", self.pricing),
+                *storage_routes(
+                    self.store,
+                    token_ttl_s=config.token_ttl_s,
+                    clock=self.clock,
+                    media_expiration_s=config.media_expiration_s,
+                    signed_url_ttl_s=config.signed_url_ttl_s,
+                    cdn_origin=cdn_origin,
+                ),
                 web.post("/{tail:.*}", self.submit),
                 web.get("/{tail:.*}", self.request),
                 web.put("/{tail:.*}", self.request),
@@ -138,6 +188,17 @@ class QueueApp:
 
     def origin(self, request: web.Request) -> str:
         return self.config.public_url or str(request.url.origin())
+
+    def cdn_origin(self, request: web.Request) -> str:
+        """The CDN host's origin (the token's `base_url`), or this request's own."""
+        return self.cdn_url or str(request.url.origin())
+
+    def on_cdn(self, request: web.Request) -> bool:
+        """Whether the request came in on the CDN host's port."""
+        if self.cdn_port is None or request.transport is None:
+            return False
+        sockname = request.transport.get_extra_info("sockname")
+        return isinstance(sockname, tuple) and len(sockname) >= 2 and sockname[1] == self.cdn_port
 
     # --- admin ------------------------------------------------------------------------------
 
@@ -153,13 +214,44 @@ class QueueApp:
     async def jwks(self, request: web.Request) -> web.Response:
         return json_response(self.signer.jwks())
 
+    # --- platform API -----------------------------------------------------------------------
+
+    async def pricing(self, request: web.Request) -> web.Response:
+        """`GET /v1/models/pricing?endpoint_id=a,b` (or repeated): the configured prices of
+        the endpoints that have one, in fal's documented shape."""
+        wanted: list[str] = []
+        for value in request.query.getall("endpoint_id", []):
+            wanted.extend(part.strip() for part in value.split(",") if part.strip())
+        if not wanted or len(wanted) > MAX_PRICED_ENDPOINTS:
+            msg = "Field required" if not wanted else "List should have at most 50 items"
+            kind = "missing" if not wanted else "too_long"
+            item = {"loc": ["query", "endpoint_id"], "msg": msg, "type": kind}
+            return json_response({"detail": [item]}, 422)
+        prices = []
+        for endpoint in dict.fromkeys(wanted):
+            price = self.billing.price(endpoint)
+            if price is not None:
+                prices.append(
+                    {
+                        "endpoint_id": endpoint,
+                        "unit_price": price.unit_price,
+                        "unit": price.unit,
+                        "currency": price.currency,
+                    }
+                )
+        return json_response({"prices": prices, "next_cursor": None, "has_more": False})
+
     # --- submit -----------------------------------------------------------------------------
 
     async def submit(self, request: web.Request) -> web.Response:
         endpoint = "/".join(segments(request.match_info["tail"]))
         root = endpoint_root(endpoint)
-        if root is None:
+        if root is None or (self.apps is not None and root not in self.apps):
             return json_response({"detail": f"Application {endpoint!r} not found"}, 404)
+        sent = platform_params(request)
+        self.counters.record_submit_params(sent)
+        if self.billing.locked:
+            return json_response({"detail": LOCKED_DETAIL}, 403)
         if self.bucket is not None and (wait := self.bucket.take()) > 0:
             return rate_limited(max(1, math.ceil(wait)), "Too many submits (simulated limit)")
         limit_text = request.query.get("fal_max_queue_length")
@@ -178,21 +270,28 @@ class QueueApp:
         if limit is not None and self.model.waiting(endpoint) > limit:
             detail = f"Queue is full: more than {limit} requests are waiting for {endpoint}"
             return json_response({"detail": detail}, 429)
-        fault = self.injector.pick("submit", frozenset({"job_error"}))
-        if fault is not None:
-            self.counters.record_fault(fault.kind, "submit")
+        fault = self._pick_job_fault("job_error")
+        retry_fault = self._pick_job_fault("server_retry")
+        straggler = self._pick_job_fault("straggler")
         digest = payload_hash(endpoint, payload)
         origin = self.origin(request)
+        headers = request.headers
         job, position = self.model.submit(
             endpoint=endpoint,
             root=root,
             payload=payload,
             digest=digest,
             base_url=origin,
-            low=request.headers.get("X-Fal-Queue-Priority", "").strip().lower() == "low",
+            low=headers.get("X-Fal-Queue-Priority", "").strip().lower() == "low",
             start_timeout=start_timeout(request),
             webhook=request.query.get("fal_webhook"),
             fault=fault,
+            retry_fault=retry_fault,
+            slowdown=straggler.factor if straggler is not None else 1.0,
+            no_retry=headers.get("X-Fal-No-Retry", "").strip().lower() in NO_RETRY_VALUES,
+            store_io=headers.get("X-Fal-Store-IO", "").strip().lower() not in STORE_IO_OFF,
+            media_ttl_s=lifecycle_ttl(headers, self.config.media_expiration_s),
+            sent=sent,
         )
         self.counters.record_submit(digest)
         body = {
@@ -200,9 +299,15 @@ class QueueApp:
             **jobs.urls(origin, root, job.request_id),
             "queue_position": position,
             "status": "IN_QUEUE",
-            "gateway_request_id": job.request_id,
+            "gateway_request_id": job.gateway_request_id,
         }
         return json_response(body, 200, {REQUEST_ID_HEADER: job.request_id})
+
+    def _pick_job_fault(self, kind: str) -> FaultRule | None:
+        rule = self.injector.pick("submit", frozenset({kind}))
+        if rule is not None:
+            self.counters.record_fault(rule.kind, "submit")
+        return rule
 
     # --- status, stream, result, cancel -----------------------------------------------------
 
@@ -215,15 +320,7 @@ class QueueApp:
             return json_response({"detail": "Method Not Allowed"}, 405, headers)
         if target.action == "status":
             self.counters.record_status_call(target.request_id)
-        job = self.model.get(target.request_id)
-        if job is not None and job.root != target.root:
-            job = None
-        if job is not None and job.state == COMPLETED:
-            rule = self.injector.pick(target.action, frozenset({"expire"}))
-            if rule is not None:
-                self.counters.record_fault(rule.kind, target.action)
-                self.model.forget(job)
-                job = None
+        job = self.find(target)
         if job is None:
             return json_response(NOT_FOUND, 404, headers)
         with_logs = request.query.get("logs", "").strip().lower() in TRUE_VALUES
@@ -238,17 +335,31 @@ class QueueApp:
             return json_response({"status": "ALREADY_COMPLETED"}, 400, headers)
         return self.result(job, headers)
 
+    def find(self, target: Target) -> Job | None:
+        """The live job a request path names, unless an `expire` fault forgets it now."""
+        job = self.model.get(target.request_id)
+        if job is None or job.root != target.root:
+            return None
+        if job.state == COMPLETED:
+            rule = self.injector.pick(target.action, frozenset({"expire"}))
+            if rule is not None:
+                self.counters.record_fault(rule.kind, target.action)
+                self.model.forget(job)
+                return None
+        return job
+
     def status_body(self, job: Job, request: web.Request, with_logs: bool) -> dict[str, Any]:
         position = self.model.queue_position(job) if job.state == jobs.IN_QUEUE else None
         return jobs.status_body(
             job, self.origin(request), with_logs=with_logs, queue_position=position
         )
 
-    @staticmethod
-    def result(job: Job, headers: dict[str, str]) -> web.Response:
+    def result(self, job: Job, headers: dict[str, str]) -> web.Response:
         outcome = job.outcome
         if job.state != COMPLETED or outcome is None:
             return json_response({"detail": "Request is still in progress"}, 400, headers)
+        if self.config.media_renew_on_result:
+            self.model.renew_media(job)
         return web.Response(
             body=outcome.body,
             status=outcome.status,

@@ -1,7 +1,8 @@
 """The fault plan: which requests the simulator answers badly, reproducibly from a seed.
 
 A plan is a seed plus an ordered list of rules. Each request is classified by route (`submit`,
-`status`, `stream`, `result`, `cancel`, `token`, `upload`, `files`, `other`); the first rule
+`status`, `stream`, `result`, `cancel`, `token`, `upload` (the CDN uploads and the signed PUT of
+the initiate flow), `initiate`, `files`, `pricing`, `other`); the first rule
 that matches the route and fires wins. A rule fires with probability `rate`, after letting the
 first `skip` matching requests through, and at most `max` times. Each rule draws from its own
 generator seeded by (plan seed, rule index), so a run with the same request sequence gets the
@@ -17,10 +18,34 @@ Fault kinds:
 - `drop_after`: process the request (a submit is accepted and enqueued), then close the
   connection before the answer: the ambiguous case.
 - `slow`: wait `delay` seconds, then process and answer normally.
-- `job_error` (route `submit`): the accepted job fails after its service time; `transient: true`
-  gives a flat 503 `runner_disconnected` result (or `error_type`), `transient: false` a 422.
+- `fal_error`: an error answer from fal itself, as fal's error docs write it: `status` (any
+  400-599), `X-Fal-Error-Type: <error_type>`, `X-Fal-Retryable: true|false` (`retryable`, by
+  default true exactly for the transient types of the request-errors table) and
+  `x-fal-request-id`; the body is flat `{"detail", "error_type"}`, or for a 422 the model-error
+  list `{"detail": [{"loc": ["body"], "msg", "type": <error_type>, "url"}]}`. The request is not
+  processed (a submit is not accepted). `error_type` defaults by status (503
+  `runner_scheduling_failure`, 504 `request_timeout`, 502 `runner_incomplete_response`, 500
+  `internal_error`, 422 `validation_error`, other 4xx `bad_request`).
+- `job_error` (route `submit`): the accepted job fails after its service time, as its final
+  outcome (fal's own retries are over); `transient: true` gives a flat 503
+  `runner_disconnected` result (or `error_type`, with that type's status), `transient: false`
+  a 422 whose detail type is `error_type` (default `value_error`). `retryable` overrides the
+  `X-Fal-Retryable` header of the result (default: true for transient, false for a 422). The
+  status shows `error` and `error_type`; the result carries both headers.
+- `server_retry` (route `submit`): the accepted job's runner fails transiently (`error_type`,
+  default `runner_disconnected` 503) in each of its first `failures` attempts, after the
+  service time; fal puts it back IN_QUEUE (a new `gateway_request_id`, the same `request_id`)
+  and runs it again, up to `SimConfig.max_server_attempts` attempts in all, then it ends in
+  that error (unbilled). With `X-Fal-No-Retry` on the submit the first failure is final.
+- `straggler` (route `submit`): the accepted job runs `factor` times its drawn service time
+  (default 20): the slow tail of a live endpoint, which a client deadline cancels.
 - `expire` (routes `status`, `stream`, `result`, `cancel`): a completed job is forgotten before
   this request is answered, so it answers 404 like a job past its retention.
+- `cdn_down` (routes `upload`, `files`; turns on `SimConfig.cdn_host`): the CDN upload host is
+  down. `status: 0` means its port refuses every connection (rate, skip and max do not apply);
+  `status` 500/502/503/504 answers requests that reach the CDN host with that status (502-504
+  as nginx html), the queue host's routes, including `/storage/upload/initiate`, are not
+  touched: a client that falls back to the initiate flow gets through.
 
 Webhook faults (route `webhook`: one pick per delivery, `webhook_bad_signature` per attempt; see
 `webhooks.py`):
@@ -42,6 +67,9 @@ YAML (`FaultPlan.from_yaml`):
       - {kind: http_error, route: status, status: 503, rate: 0.05}
       - {kind: drop_after, route: submit, max: 1}
       - {kind: job_error, transient: true, rate: 0.1}
+      - {kind: fal_error, route: submit, status: 503, retryable: false, max: 1}
+      - {kind: server_retry, failures: 2, rate: 0.1}
+      - {kind: cdn_down, status: 0}
 """
 
 from __future__ import annotations
@@ -54,7 +82,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RouteKind = Literal[
-    "submit", "status", "stream", "result", "cancel", "token", "upload", "files", "other", "webhook"
+    "submit",
+    "status",
+    "stream",
+    "result",
+    "cancel",
+    "token",
+    "upload",
+    "initiate",
+    "files",
+    "pricing",
+    "other",
+    "webhook",
 ]
 ROUTE_KINDS: tuple[str, ...] = get_args(RouteKind)
 FaultKind = Literal[
@@ -63,8 +102,12 @@ FaultKind = Literal[
     "drop_before",
     "drop_after",
     "slow",
+    "fal_error",
     "job_error",
+    "server_retry",
+    "straggler",
     "expire",
+    "cdn_down",
     "webhook_lost",
     "webhook_duplicate",
     "webhook_delay",
@@ -75,7 +118,9 @@ FaultKind = Literal[
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 # Faults the middleware applies to any route, and the job faults with the routes they act on.
-INGRESS_FAULTS = frozenset({"rate_limit", "http_error", "drop_before", "drop_after", "slow"})
+INGRESS_FAULTS = frozenset(
+    {"rate_limit", "http_error", "fal_error", "drop_before", "drop_after", "slow"}
+)
 WEBHOOK_FAULTS = frozenset(
     {
         "webhook_lost",
@@ -88,10 +133,14 @@ WEBHOOK_FAULTS = frozenset(
 )
 JOB_FAULT_ROUTES: dict[str, frozenset[str]] = {
     "job_error": frozenset({"submit"}),
+    "server_retry": frozenset({"submit"}),
+    "straggler": frozenset({"submit"}),
     "expire": frozenset({"status", "stream", "result", "cancel"}),
+    "cdn_down": frozenset({"upload", "files"}),
     **{kind: frozenset({"webhook"}) for kind in WEBHOOK_FAULTS},
 }
 HTTP_ERROR_STATUSES = frozenset({500, 502, 503, 504})
+CDN_DOWN_STATUSES = frozenset({0, *HTTP_ERROR_STATUSES})  # 0: connection refused
 
 
 class FaultRule(BaseModel):
@@ -109,11 +158,18 @@ class FaultRule(BaseModel):
     delay: Annotated[float, Field(ge=0)] = 1.0
     transient: bool = True
     error_type: str | None = None
+    retryable: bool | None = None
+    failures: Annotated[int, Field(ge=1)] = 1
+    factor: Annotated[float, Field(gt=0)] = 20.0
 
     @model_validator(mode="after")
     def _check(self) -> FaultRule:
         if self.kind == "http_error" and self.status not in HTTP_ERROR_STATUSES:
             raise ValueError(f"http_error status must be one of {sorted(HTTP_ERROR_STATUSES)}")
+        if self.kind == "cdn_down" and self.status not in CDN_DOWN_STATUSES:
+            raise ValueError(f"cdn_down status must be one of {sorted(CDN_DOWN_STATUSES)}")
+        if self.kind == "fal_error" and not 400 <= self.status <= 599:
+            raise ValueError("fal_error status must be between 400 and 599")
         allowed = JOB_FAULT_ROUTES.get(self.kind)
         if allowed is not None and self.route != "any" and self.route not in allowed:
             raise ValueError(f"{self.kind} applies only to routes {sorted(allowed)}")

@@ -1,9 +1,9 @@
 """The simulator's front door: counting, fault injection and auth, as aiohttp middlewares.
 
 Order, outermost first: `observe` (counts every request and the status the client got; 0 for a
-dropped connection), `faults` (the ingress faults of the plan), `auth` (checks the key and stamps
-`x-fal-request-id` on fal's own answers). Admin paths (`/_sim/...`, `/.well-known/...`) pass
-through uncounted, unfaulted and without auth.
+dropped connection), `faults` (the ingress faults of the plan, and `cdn_down` answers on the
+CDN host), `auth` (checks the key and stamps `x-fal-request-id` on fal's own answers). Admin
+paths (`/_sim/...`, `/.well-known/...`) pass through uncounted, unfaulted and without auth.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import asyncio
 import hmac
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from batch.sim import jobs
 from batch.sim.counters import DROPPED, Counters
 from batch.sim.faults import INGRESS_FAULTS, FaultInjector, FaultRule
 from batch.sim.paths import classify
@@ -74,6 +76,15 @@ def ingress_error(status: int) -> web.Response:
     return web.Response(text=html, status=status, content_type="text/html")
 
 
+def fal_error(rule: FaultRule) -> web.Response:
+    """fal's own error answer (`fal_error`): the errors docs' body and both headers."""
+    outcome = jobs.error_answer(rule.status, rule.error_type, rule.retryable)
+    headers = {**outcome.headers, REQUEST_ID_HEADER: str(uuid.uuid4())}
+    return web.Response(
+        body=outcome.body, status=outcome.status, headers=headers, content_type="application/json"
+    )
+
+
 def drop(request: web.Request) -> web.Response:
     """Close the connection so the client gets no answer; aiohttp then skips the write."""
     request[DROPPED_KEY] = True
@@ -117,15 +128,34 @@ async def _apply(rule: FaultRule, request: web.Request, handler: Handler) -> web
         return drop(request)
     if rule.kind == "rate_limit":
         return rate_limited(rule.retry_after, "Concurrent requests limit exceeded (simulated)")
+    if rule.kind == "fal_error":
+        return fal_error(rule)
     return ingress_error(rule.status)
 
 
-def faults_middleware(injector: FaultInjector, counters: Counters) -> Middleware:
+CDN_DOWN = frozenset({"cdn_down"})
+
+
+def faults_middleware(
+    injector: FaultInjector,
+    counters: Counters,
+    on_cdn: Callable[[web.Request], bool] | None = None,
+) -> Middleware:
+    """Ingress faults on every counted route; `cdn_down` (5xx) on requests to the CDN host
+    (`on_cdn(request)`)."""
+
     @web.middleware
     async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
         route = request.get(ROUTE_KEY)
-        rule = injector.pick(route, INGRESS_FAULTS) if route is not None else None
-        if rule is None or route is None:
+        if route is None:
+            return await handler(request)
+        if on_cdn is not None and on_cdn(request):
+            down = injector.pick(route, CDN_DOWN)
+            if down is not None and down.status != 0:
+                counters.record_fault(down.kind, route)
+                return ingress_error(down.status)
+        rule = injector.pick(route, INGRESS_FAULTS)
+        if rule is None:
             return await handler(request)
         counters.record_fault(rule.kind, route)
         return await _apply(rule, request, handler)

@@ -1,7 +1,10 @@
 """One queued request: its record, its run-time state, its outcome and the bodies about it.
 
 An `Outcome` is what the result endpoint replays: status code, body bytes and headers, plus the
-`error`/`error_type` the status endpoint shows for a failure (fal-protocol.md §2, §3).
+`error`/`error_type` the status endpoint shows for a failure (fal-protocol.md §2, §3). Every
+error outcome carries `X-Fal-Retryable`; the flat infrastructure ones also `X-Fal-Error-Type`
+and `error_type` in the body (fal's request-errors page); a 422 has fal's model-error list.
+An outcome with `retry` set is a failed attempt fal itself may run again (§10).
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ ERROR_STATUS: dict[str, int] = {
     "bad_request": 400,
 }
 NOT_TRANSIENT = frozenset({"client_disconnected", "client_cancelled", "bad_request"})
+# The error type a `fal_error` fault gives by status, when the rule names none.
+TYPE_FOR_STATUS: dict[int, str] = {
+    504: "request_timeout",
+    503: "runner_scheduling_failure",
+    502: "runner_incomplete_response",
+    500: "internal_error",
+    499: "client_disconnected",
+    422: "validation_error",
+}
 ERROR_TEXT: dict[str, str] = {
     "startup_timeout": "Request timed out before a runner picked it up",
     "request_timeout": "Request timed out",
@@ -45,6 +57,7 @@ ERROR_TEXT: dict[str, str] = {
     "client_cancelled": "Request was cancelled by the client",
     "internal_error": "Internal error while processing the request",
 }
+STORE_IO_LIMIT = 10 * 1024  # results this large are kept only 6 minutes without payload storage
 VALIDATION_ERROR = "validation_error"  # error_type shown in the status of a 422 result
 ERRORS_DOC = "https://docs.fal.ai/errors/#"
 
@@ -56,6 +69,7 @@ class Outcome:
     headers: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     error_type: str | None = None
+    retry: bool = False  # a failed attempt fal's own server-side retries may run again
 
 
 def _dumps(value: Any) -> bytes:
@@ -66,30 +80,49 @@ def success(output: dict[str, Any]) -> Outcome:
     return Outcome(200, _dumps(output))
 
 
-def infra_error(error_type: str, detail: str | None = None) -> Outcome:
+def retryable_text(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def is_transient(error_type: str) -> bool:
+    return error_type not in NOT_TRANSIENT
+
+
+def error_text(error_type: str) -> str:
+    return ERROR_TEXT.get(error_type, error_type.replace("_", " ").capitalize())
+
+
+def infra_error(
+    error_type: str,
+    detail: str | None = None,
+    *,
+    status: int | None = None,
+    retryable: bool | None = None,
+) -> Outcome:
     """A flat `{"detail", "error_type"}` failure with the §3 status and `X-Fal-Error-Type`."""
-    detail = detail or ERROR_TEXT.get(error_type, error_type.replace("_", " ").capitalize())
-    headers = {
-        "X-Fal-Error-Type": error_type,
-        "X-Fal-Retryable": "false" if error_type in NOT_TRANSIENT else "true",
-    }
+    detail = detail or error_text(error_type)
+    if retryable is None:
+        retryable = is_transient(error_type)
+    headers = {"X-Fal-Error-Type": error_type, "X-Fal-Retryable": retryable_text(retryable)}
     if error_type == "startup_timeout":
         headers["X-Fal-Request-Timeout-Type"] = "user"
     body = _dumps({"detail": detail, "error_type": error_type})
-    return Outcome(ERROR_STATUS.get(error_type, 500), body, headers, detail, error_type)
+    code = status if status is not None else ERROR_STATUS.get(error_type, 500)
+    return Outcome(code, body, headers, detail, error_type)
 
 
 def detail_item(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
     return {"loc": ["body", *loc], "msg": msg, "type": kind, "url": ERRORS_DOC + kind}
 
 
-def unprocessable(detail: list[dict[str, Any]]) -> Outcome:
+def unprocessable(detail: list[dict[str, Any]], *, retryable: bool = False) -> Outcome:
     """A 422 with fal's `{"detail": [{"loc", "msg", "type"}, ...]}` body."""
     error = "; ".join(
         f"{'.'.join(str(p) for p in item['loc'][1:]) or 'body'}: {item['msg']}" for item in detail
     )
     body = _dumps({"detail": detail})
-    return Outcome(422, body, {"X-Fal-Retryable": "false"}, error, VALIDATION_ERROR)
+    headers = {"X-Fal-Retryable": retryable_text(retryable)}
+    return Outcome(422, body, headers, error, VALIDATION_ERROR)
 
 
 def from_validation_error(exc: ValidationError) -> Outcome:
@@ -98,10 +131,35 @@ def from_validation_error(exc: ValidationError) -> Outcome:
 
 
 def from_fault(rule: FaultRule) -> Outcome:
+    """The final outcome of a `job_error` job."""
     if rule.transient:
-        return infra_error(rule.error_type or "runner_disconnected")
+        return infra_error(rule.error_type or "runner_disconnected", retryable=rule.retryable)
     kind = rule.error_type or "value_error"
-    return unprocessable([detail_item([], "Simulated permanent model error", kind)])
+    item = detail_item([], "Simulated permanent model error", kind)
+    return unprocessable([item], retryable=bool(rule.retryable))
+
+
+def attempt_failure(error_type: str) -> Outcome:
+    """A runner failure fal's server-side retries may run again (`server_retry`, timeouts)."""
+    outcome = infra_error(error_type)
+    outcome.retry = True
+    return outcome
+
+
+def error_answer(status: int, error_type: str | None, retryable: bool | None) -> Outcome:
+    """What a `fal_error` fault answers: fal's own error, with both headers (errors docs)."""
+    if error_type is None:
+        error_type = TYPE_FOR_STATUS.get(
+            status, "bad_request" if status < 500 else "internal_error"
+        )
+    if status == 422:
+        item = detail_item([], "Simulated error answer", error_type)
+        outcome = unprocessable([item], retryable=bool(retryable))
+        outcome.headers["X-Fal-Error-Type"] = error_type
+        return outcome
+    if retryable is None:
+        retryable = is_transient(error_type) and status >= 500
+    return infra_error(error_type, status=status, retryable=retryable)
 
 
 @dataclass(slots=True)
@@ -118,6 +176,12 @@ class JobRecord:
     completed_at: float | None = None
     error_type: str | None = None
     result_status: int | None = None
+    attempts: int = 0  # times a runner started it (fal's server-side retries add to this)
+    gateway_request_ids: list[str] = field(default_factory=list)  # one per attempt
+    cancel_requested: bool = False
+    billed_units: str | None = None  # decimal string, as in X-Fal-Billable-Units; None: unbilled
+    billed_usd: str | None = None
+    sent: dict[str, str] = field(default_factory=dict)  # platform headers and fal_ query params
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,6 +197,13 @@ class Job:
     low: bool = False
     webhook: str | None = None
     fault: FaultRule | None = None
+    retry_fault: FaultRule | None = None  # a `server_retry` rule: its attempts fail first
+    no_retry: bool = False  # X-Fal-No-Retry: fal runs it once only
+    store_io: bool = True  # X-Fal-Store-IO (payload storage; decides the result's retention)
+    media_ttl_s: float | None = None  # lifetime of its output files (None: forever)
+    start_deadline: float | None = None  # loop time by which a runner must have started it
+    output_keys: list[str] = field(default_factory=list)  # its output files in the store
+    expires_at: float = 0.0  # when its result is dropped (clock seconds)
     state: str = IN_QUEUE
     seq: int = 0
     removed: bool = False
@@ -146,6 +217,12 @@ class Job:
     @property
     def request_id(self) -> str:
         return self.record.request_id
+
+    @property
+    def gateway_request_id(self) -> str:
+        """The id of the latest attempt (the request id until fal retries it)."""
+        ids = self.record.gateway_request_ids
+        return ids[-1] if ids else self.record.request_id
 
 
 def urls(origin: str, root: str, request_id: str) -> dict[str, str]:

@@ -1,12 +1,23 @@
 """The simulated model: a priority FIFO queue feeding `capacity` slots, and what a job does.
 
 A job waits IN_QUEUE (normal priority ahead of low, FIFO within each), is started as soon as a
-slot is free, validates its input with `EditInput`, fetches its inputs, renders its outputs into
-the file store and takes its service time (drawn at submit time from the seeded latency
-distribution, so runs are reproducible). Then it is COMPLETED with an `Outcome` and kept for
-`retention_s`; expired jobs are dropped lazily, so memory stays flat over long runs (their small
-`JobRecord` is kept for oracles). Stamps and retention read the model's `clock` (epoch seconds,
-`time.time` unless a test gives a `ManualClock`); service times run on the event loop's clock.
+slot is free, validates its input with `EditInput` (on the `validated_endpoints`; elsewhere a
+valid edit is rendered and anything else passed through), fetches its inputs, renders its
+outputs into the file store and takes its service time (drawn at submit time from the seeded
+latency distribution, so runs are reproducible). Then it is COMPLETED with an `Outcome`, billed
+(`billing.py`) and kept for its retention (30 days with payload storage, 1 h / 6 min without);
+expired jobs are dropped lazily (their small `JobRecord` is kept for oracles). Stamps,
+retention and file lifetimes read the model's `clock` (epoch seconds, `time.time` unless a test
+gives a `ManualClock`); service times run on the event loop's clock.
+
+fal's own retries (§10): an attempt that fails transiently (the `server_retry` fault, or an
+attempt longer than `app_request_timeout_s`) sends the job back IN_QUEUE, at the back of its
+lane, with a new gateway request id, up to `max_server_attempts` attempts (one with
+`X-Fal-No-Retry`); its start deadline keeps running meanwhile.
+
+Cancel: an IN_QUEUE job is removed (499 `client_cancelled`, never run). An IN_PROGRESS job is
+signalled only (`cancel_mode: signal`, fal's behaviour: it runs on, completes and is billed),
+or stopped (`cancel_mode: abort`: 499, unbilled).
 """
 
 from __future__ import annotations
@@ -14,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import functools
+import heapq
+import itertools
 import logging
 import random
 import time
@@ -27,8 +40,10 @@ from pydantic import ValidationError
 
 from batch.schema import EditInput, image_size_pixels
 from batch.sim import jobs
+from batch.sim.billing import Billing
 from batch.sim.clock import Clock
 from batch.sim.config import SimConfig
+from batch.sim.counters import Counters
 from batch.sim.faults import FaultRule
 from batch.sim.imaging import InputImageError, fetch_input, render
 from batch.sim.jobs import COMPLETED, IN_PROGRESS, IN_QUEUE, Job, JobRecord, Outcome
@@ -75,10 +90,20 @@ class Lane:
 class Model:
     """The queue, the slots and every live job of one simulator."""
 
-    def __init__(self, config: SimConfig, store: FileStore, clock: Clock = time.time) -> None:
+    def __init__(
+        self,
+        config: SimConfig,
+        store: FileStore,
+        clock: Clock = time.time,
+        *,
+        counters: Counters | None = None,
+        billing: Billing | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.clock = clock  # the records' stamps and retention (epoch seconds)
+        self.counters = counters if counters is not None else Counters()
+        self.billing = billing if billing is not None else Billing(config, self.counters)
         self.session: aiohttp.ClientSession | None = None
         self.closing = False
         self._latency_rng = random.Random(f"{config.seed}:latency")
@@ -88,7 +113,8 @@ class Model:
         self._normal = Lane()
         self._low = Lane()
         self._waiting: Counter[str] = Counter()
-        self._done: deque[Job] = deque()
+        self._done: list[tuple[float, int, Job]] = []  # heap: (result expiry, tie-break, job)
+        self._done_seq = itertools.count()
         self._tasks: set[asyncio.Task[Outcome]] = set()
         self._busy = 0
         self._queue_event = asyncio.Event()
@@ -158,6 +184,12 @@ class Model:
         start_timeout: float | None = None,
         webhook: str | None = None,
         fault: FaultRule | None = None,
+        retry_fault: FaultRule | None = None,
+        slowdown: float = 1.0,
+        no_retry: bool = False,
+        store_io: bool = True,
+        media_ttl_s: float | None = None,
+        sent: dict[str, str] | None = None,
     ) -> tuple[Job, int]:
         """Enqueue a job; returns it and its queue position at submit time."""
         self._sweep()
@@ -168,7 +200,9 @@ class Model:
             payload_hash=digest,
             priority="low" if low else "normal",
             submitted_at=self.clock(),
-            service_time=self.config.latency.draw(self._latency_rng),
+            service_time=self.config.latency.draw(self._latency_rng) * slowdown,
+            gateway_request_ids=[request_id],
+            sent=dict(sent or {}),
         )
         job = Job(
             record=record,
@@ -179,6 +213,10 @@ class Model:
             low=low,
             webhook=webhook,
             fault=fault,
+            retry_fault=retry_fault,
+            no_retry=no_retry,
+            store_io=store_io,
+            media_ttl_s=media_ttl_s,
         )
         self._records.append(record)
         self._jobs[request_id] = job
@@ -186,6 +224,7 @@ class Model:
         self._waiting[endpoint] += 1
         if start_timeout is not None:
             loop = asyncio.get_running_loop()
+            job.start_deadline = loop.time() + start_timeout
             job.timeout_handle = loop.call_later(start_timeout, self._start_timed_out, job)
         position = self.queue_position(job)
         self._notify_queue()
@@ -193,20 +232,39 @@ class Model:
         return job, position
 
     def cancel(self, job: Job) -> bool:
-        """Ask a job to stop; False when it has already completed."""
+        """Ask a job to stop; False when it has already completed.
+
+        IN_QUEUE: removed at once. IN_PROGRESS: signalled (`cancel_mode: signal`; it runs on)
+        or stopped (`abort`)."""
         if job.state == COMPLETED:
             return False
+        job.record.cancel_requested = True
         if job.state == IN_QUEUE:
             self._dequeue(job)
             self._complete(job, jobs.infra_error("client_cancelled"))
-        elif not job.cancel_requested and job.task is not None:
+        elif not job.cancel_requested:
             job.cancel_requested = True
-            job.task.cancel()
+            if self.config.cancel_mode == "abort" and job.task is not None:
+                job.task.cancel()
+            else:
+                self.counters.cancel_signals += 1
         return True
 
     def forget(self, job: Job) -> None:
         """Drop a completed job now, as if its retention had passed."""
         self._jobs.pop(job.request_id, None)
+
+    def renew_media(self, job: Job) -> int:
+        """`media_renew_on_result`: make the job's expired output files downloadable again for
+        their lifetime; returns how many were renewed."""
+        renewed = 0
+        for key in job.output_keys:
+            if self.store.get(key) is None and self.store.renew(key, self._media_expiry(job)):
+                renewed += 1
+        return renewed
+
+    def _media_expiry(self, job: Job) -> float | None:
+        return None if job.media_ttl_s is None else self.clock() + job.media_ttl_s
 
     # --- the queue --------------------------------------------------------------------------
 
@@ -234,6 +292,33 @@ class Model:
             self._dequeue(job)
             self._complete(job, jobs.infra_error("startup_timeout"))
 
+    def _requeue(self, job: Job) -> bool:
+        """fal's server-side retry of a failed attempt: back IN_QUEUE with a new gateway id.
+        False when the attempt's failure is final (no retries left, X-Fal-No-Retry, or a
+        cancel was requested)."""
+        if (
+            job.no_retry
+            or job.cancel_requested
+            or job.record.attempts >= self.config.max_server_attempts
+        ):
+            return False
+        if job.start_deadline is not None:
+            loop = asyncio.get_running_loop()
+            remaining = job.start_deadline - loop.time()
+            if remaining <= 0:  # the start deadline covers failed attempts too
+                self._complete(job, jobs.infra_error("startup_timeout"))
+                return True
+            job.timeout_handle = loop.call_later(remaining, self._start_timed_out, job)
+        self.counters.server_retries += 1
+        job.record.gateway_request_ids.append(str(uuid.uuid4()))
+        job.state = IN_QUEUE
+        job.task = None
+        (self._low if job.low else self._normal).push(job)
+        self._waiting[job.record.endpoint] += 1
+        self._notify_job(job)
+        self._notify_queue()
+        return True
+
     def _dispatch(self) -> None:
         while not self.closing and self._busy < self.config.capacity:
             job = self._normal.pop() or self._low.pop()
@@ -244,6 +329,7 @@ class Model:
                 job.timeout_handle.cancel()
                 job.timeout_handle = None
             job.state = IN_PROGRESS
+            job.record.attempts += 1
             job.record.started_at = self.clock()
             self._busy += 1
             task = asyncio.create_task(self._execute(job), name=f"sim-job-{job.request_id}")
@@ -253,22 +339,39 @@ class Model:
             self._notify_queue()
 
     def _complete(self, job: Job, outcome: Outcome) -> None:
+        now = self.clock()
         job.state = COMPLETED
         job.outcome = outcome
         job.payload = None
         job.task = None
-        job.record.completed_at = self.clock()
+        job.record.completed_at = now
         job.record.error_type = outcome.error_type
         job.record.result_status = outcome.status
-        self._done.append(job)
+        self.billing.charge(job)
+        job.expires_at = now + self._retention(job, outcome)
+        heapq.heappush(self._done, (job.expires_at, next(self._done_seq), job))
         self._notify_job(job)
         if self.on_complete is not None:
             self.on_complete(job)
 
+    def _retention(self, job: Job, outcome: Outcome) -> float:
+        """How long the result stays fetchable (§3): the payload storage period, or without
+        payload storage 1 h (6 min for a result of 10 KB or more)."""
+        config = self.config
+        if job.store_io:
+            return config.payload_retention_s
+        if len(outcome.body) >= jobs.STORE_IO_LIMIT:
+            return min(config.retention_s, config.large_result_retention_s)
+        return config.retention_s
+
     def _sweep(self) -> None:
-        cutoff = self.clock() - self.config.retention_s
-        while self._done and (self._done[0].record.completed_at or 0.0) <= cutoff:
-            self._jobs.pop(self._done.popleft().request_id, None)
+        now = self.clock()
+        while self._done and self._done[0][0] <= now:
+            job = heapq.heappop(self._done)[2]
+            self._jobs.pop(job.request_id, None)
+            if self.config.media_renew_on_result:  # pinned outputs live as long as the result
+                for key in job.output_keys:
+                    self.store.delete(key)
 
     # --- running a job ----------------------------------------------------------------------
 
@@ -286,19 +389,32 @@ class Model:
             outcome = jobs.infra_error("internal_error", f"Internal error: {exc!r}")
         else:
             outcome = task.result()
-        self._complete(job, outcome)
+        if not (outcome.retry and self._requeue(job)):
+            self._complete(job, outcome)
         self._dispatch()
 
     async def _execute(self, job: Job) -> Outcome:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + job.record.service_time
+        service_time = job.record.service_time
+        deadline = loop.time() + service_time
+        retry = job.retry_fault
+        if retry is not None and job.record.attempts <= retry.failures:
+            await asyncio.sleep(service_time)
+            return jobs.attempt_failure(retry.error_type or "runner_disconnected")
+        limit = self.config.app_request_timeout_s
+        if limit is not None and service_time > limit:
+            await asyncio.sleep(limit)
+            return jobs.attempt_failure("request_timeout")
         if job.fault is not None:
             await asyncio.sleep(max(0.0, deadline - loop.time()))
             return jobs.from_fault(job.fault)
         try:
             edit = EditInput.model_validate(job.payload)
         except ValidationError as exc:
-            return jobs.from_validation_error(exc)
+            if job.record.endpoint in self.config.validated_endpoints:
+                return jobs.from_validation_error(exc)
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            return jobs.success({"images": [], "input": job.payload})
         try:
             inputs = [
                 await fetch_input(self.session, url, self.store, index=i)
@@ -322,7 +438,14 @@ class Model:
                 render, inputs, edit.prompt, seed, size, fmt, i
             )
             name = f"{job.request_id[:8]}_{i}.{ext}"
-            key = self.store.put(data, content_type, name)
+            key = self.store.put(
+                data,
+                content_type,
+                name,
+                expires_at=self._media_expiry(job),
+                pinned=self.config.media_renew_on_result,
+            )
+            job.output_keys.append(key)
             images.append(
                 {
                     "url": f"{job.base_url}/files/{key}",

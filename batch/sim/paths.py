@@ -1,4 +1,4 @@
-"""URL paths: endpoint ids, app roots and request paths (fal-protocol.md §1, §5).
+"""URL paths: endpoint ids, app roots, request paths and route kinds (fal-protocol.md §1, §5).
 
 The app root is `owner/alias`, or `ns/owner/alias` when the first part is a namespace
 (`workflows`, `comfy`); the rest of an endpoint id is a sub-path, used only at submit. Status,
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 NAMESPACES = frozenset({"workflows", "comfy"})
 # First path segments that are never an endpoint owner: the simulator's own routes.
-RESERVED = frozenset({"_sim", "storage", "files", ".well-known"})
+RESERVED = frozenset({"_sim", "storage", "files", ".well-known", "v1"})
 ADMIN_PREFIXES = ("/_sim/", "/.well-known/")
 QUEUE_ROUTES = frozenset({"submit", "status", "stream", "result", "cancel"})
 
@@ -77,9 +77,17 @@ def classify(method: str, path: str) -> str | None:
         return None
     if path == "/storage/auth/token":
         return "token"
+    if path == "/storage/upload/initiate":
+        return "initiate"
+    if path.startswith("/storage/upload/signed/"):
+        return "upload"
     if path.startswith("/files/"):
         return "files" if method in ("GET", "HEAD") else "upload"
     if path.startswith("/storage/"):
+        return "other"
+    if path == "/v1/models/pricing":
+        return "pricing"
+    if path.startswith("/v1/"):
         return "other"
     if method == "POST":
         return "submit"

@@ -6,8 +6,18 @@
 Jobs submitted with `?fal_webhook=<url>` are delivered there, signed (`sim.webhooks`,
 `sim.signer`; the public key at `sim.jwks_url`).
 
-`Simulator(clock=ManualClock())` puts the jobs' stamps, result retention, CDN token expiry and
-the submit rate limit on a clock the caller advances (`clock.py`); the default is `time.time`.
+`Simulator(clock=ManualClock())` puts the jobs' stamps, result retention, CDN token expiry, file
+lifetimes and the submit rate limit on a clock the caller advances (`clock.py`); the default is
+`time.time`.
+
+`sim.billing` holds the prices and the balance (`sim.billing.top_up(5)`); the money counters are
+on `sim.counters`. With `cdn_host` (or a `cdn_down` fault) the CDN is served on a port of its own
+too, `sim.cdn_url`, which the storage token names as `base_url`; with a `cdn_down` fault of
+status 0 that port is held but never listens, so connecting to it is refused.
+
+TLS: `sim.ca_file` is the CA that signed the server certificate; a client not given it fails to
+verify the server (`client_ssl_context()` trusts it). `tls_names` sets the names the certificate
+carries, so a client connecting by another name gets a hostname mismatch.
 
 `run_forever(config)` serves until Ctrl-C and prints the URL (never the key).
 """
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 import tempfile
 import time
@@ -26,6 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from batch.sim.app import QueueApp
+from batch.sim.billing import Billing
 from batch.sim.clock import Clock
 from batch.sim.config import SimConfig
 from batch.sim.counters import Counters
@@ -50,13 +62,16 @@ class Simulator:
         self.config = base
         self.clock = clock
         self.counters = Counters()
-        self.store = FileStore()
+        self.billing = Billing(self.config, self.counters)
+        self.store = FileStore(clock)
         self.signer = WebhookSigner()
         self.webhooks = WebhookSender(self.config, self.counters, self.signer)
         self._model: Model | None = None
         self._runner: web.AppRunner | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._url: str | None = None
+        self._cdn_url: str | None = None
+        self._held: socket.socket | None = None  # the refusing CDN port (cdn_down, status 0)
         self.ca_file: Path | None = None
 
     def __repr__(self) -> str:
@@ -72,6 +87,11 @@ class Simulator:
     @property
     def key(self) -> str:
         return self.config.key
+
+    @property
+    def cdn_url(self) -> str:
+        """The CDN host's base URL: its own port with `cdn_host`, else the main URL."""
+        return self._cdn_url or self.url
 
     @property
     def jwks_url(self) -> str:
@@ -98,36 +118,60 @@ class Simulator:
     async def start(self) -> None:
         if self._runner is not None:
             raise RuntimeError("the simulator is already running")
+        config = self.config
         ssl_context: ssl.SSLContext | None = None
-        if self.config.tls:
+        if config.tls:
             self._tmp = tempfile.TemporaryDirectory(prefix="fal-sim-tls-")
-            files = make_tls(Path(self._tmp.name), [self.config.host])
+            names = list(config.tls_names) if config.tls_names is not None else None
+            files = make_tls(Path(self._tmp.name), [config.host], names=names)
             self.ca_file = files.ca_file
             ssl_context = files.server_context()
-        model = Model(self.config, self.store, self.clock)
+        model = Model(config, self.store, self.clock, counters=self.counters, billing=self.billing)
         await model.start()
         self._model = model
         await self.webhooks.start()
         model.on_complete = self.webhooks.deliver
-        app = QueueApp(
-            self.config, self.store, model, self.counters, self.signer, self.clock
-        ).build()
+        queue_app = QueueApp(
+            config, self.store, model, self.counters, self.signer, self.clock, self.billing
+        )
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
+            queue_app.build(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         )
         await runner.setup()
         self._runner = runner
-        site = web.TCPSite(runner, self.config.host, self.config.port, ssl_context=ssl_context)
+        scheme = "https" if ssl_context is not None else "http"
+        host = config.host
+        shown = f"[{host}]" if ":" in host else host
         try:
-            await site.start()
+            await web.TCPSite(runner, host, config.port, ssl_context=ssl_context).start()
+            self._url = f"{scheme}://{shown}:{runner.addresses[0][1]}"
+            if config.cdn_host:
+                cdn_port = await self._start_cdn(runner, ssl_context)
+                queue_app.cdn_port = cdn_port
+                queue_app.cdn_url = self._cdn_url = f"{scheme}://{shown}:{cdn_port}"
         except BaseException:
             await self.stop()
             raise
-        port = runner.addresses[0][1]
-        scheme = "https" if ssl_context is not None else "http"
+
+    async def _start_cdn(self, runner: web.AppRunner, ssl_context: ssl.SSLContext | None) -> int:
+        """The CDN host's port: a second site of the same app, or, when a `cdn_down` fault of
+        status 0 is planned, a port held bound but never listening (connections refused)."""
         host = self.config.host
-        shown = f"[{host}]" if ":" in host else host
-        self._url = f"{scheme}://{shown}:{port}"
+        if any(r.kind == "cdn_down" and r.status == 0 for r in self.config.faults.rules):
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            held = socket.socket(family, socket.SOCK_STREAM)
+            held.bind((host, 0))
+            self._held = held
+            port: int = held.getsockname()[1]
+            return port
+        before = list(runner.addresses)
+        await web.TCPSite(runner, host, 0, ssl_context=ssl_context).start()
+        (address,) = [a for a in runner.addresses if a not in before]
+        port = address[1]
+        return port
 
     async def stop(self) -> None:
         """Stop the model (running jobs are cancelled, streams close) and the server."""
@@ -138,6 +182,10 @@ class Simulator:
             await self._runner.cleanup()
         self._runner = None
         self._url = None
+        self._cdn_url = None
+        if self._held is not None:
+            self._held.close()
+            self._held = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -2,7 +2,9 @@
 
 The CA's PEM goes to `ca.pem` (clients trust it: `ssl.create_default_context(cafile=...)`, or
 `SSL_CERT_FILE` for httpx); the server certificate names `localhost` and `127.0.0.1` (plus any
-extra host) and carries the key identifiers strict X.509 verification asks for.
+extra host) and carries the key identifiers strict X.509 verification asks for. `names`
+replaces that list, e.g. with a name the client does not connect by, for a certificate that
+fails hostname verification even with the CA trusted.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 def _alt_names(hosts: list[str]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = []
-    for host in dict.fromkeys(["localhost", "127.0.0.1", *hosts]):
+    for host in dict.fromkeys(hosts):
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
@@ -59,8 +61,14 @@ def _alt_names(hosts: list[str]) -> list[x509.GeneralName]:
     return names
 
 
-def make_tls(directory: Path, hosts: list[str] | None = None) -> TlsFiles:
-    """Write `ca.pem`, `server.pem` and `server.key` into `directory`."""
+def make_tls(
+    directory: Path, hosts: list[str] | None = None, *, names: list[str] | None = None
+) -> TlsFiles:
+    """Write `ca.pem`, `server.pem` and `server.key` into `directory`. The certificate names
+    `localhost`, `127.0.0.1` and `hosts`, or exactly `names` when given."""
+    cert_names = names if names is not None else ["localhost", "127.0.0.1", *(hosts or [])]
+    if not cert_names:
+        raise ValueError("a certificate needs at least one name")
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
@@ -93,13 +101,13 @@ def make_tls(directory: Path, hosts: list[str] | None = None) -> TlsFiles:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
+        .subject_name(_name(cert_names[0]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + VALIDITY)
-        .add_extension(x509.SubjectAlternativeName(_alt_names(hosts or [])), critical=False)
+        .add_extension(x509.SubjectAlternativeName(_alt_names(cert_names)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)

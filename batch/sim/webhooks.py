@@ -102,7 +102,10 @@ def webhook_body(job: Job, *, payload_error: bool = False) -> bytes:
     outcome = job.outcome
     if outcome is None:
         raise ValueError(f"job {job.request_id} has not completed")
-    body: dict[str, Any] = {"request_id": job.request_id, "gateway_request_id": job.request_id}
+    body: dict[str, Any] = {
+        "request_id": job.request_id,
+        "gateway_request_id": job.gateway_request_id,  # the last attempt's (§6)
+    }
     try:
         payload: Any = json.loads(outcome.body) if outcome.body else None
     except ValueError:

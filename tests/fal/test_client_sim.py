@@ -40,8 +40,8 @@ async def test_submit_status_result_round_trip(start_sim):
     done = await _until_completed(client, handle)
     assert not done.failed
     assert done.metrics["inference_time"] >= 0
-    body = await client.result(handle)
-    out = EditOutput.model_validate(body)
+    result = await client.result(handle)
+    out = EditOutput.model_validate(result.output)
     assert out.seed == 7 and out.prompt == "make it blue"
     assert out.images[0].content_type == "image/jpeg"
     assert out.images[0].url.startswith(f"{sim.url}/files/")
@@ -96,7 +96,7 @@ async def test_sub_path_endpoint_addresses_the_app_root(start_sim):
     await _until_completed(client, handle)
     rebuilt = client.handle_for("fal-ai/flux/dev", handle.request_id)
     assert rebuilt.response_url == handle.response_url
-    assert (await client.result(rebuilt))["images"]
+    assert (await client.result(rebuilt)).output["images"]
     workflow = await client.submit("workflows/acme/wf/run", edit())
     assert f"{sim.url}/workflows/acme/wf/requests/" in workflow.status_url
 
@@ -147,7 +147,7 @@ async def test_stream_status_ends_with_completed_and_skips_pings(start_sim):
     assert isinstance(seen[-1], Completed) and not seen[-1].failed
     assert any(isinstance(s, Queued) for s in seen)
     assert sim.counters.requests_for("stream") == 1
-    assert await client.result(handle)
+    assert (await client.result(handle)).output
     await _until_completed(client, blocker)
 
 

@@ -31,6 +31,7 @@ from batch.fal import (
     QueueClient,
     RateLimitedError,
     RequestHandle,
+    Result,
     Status,
     TransientError,
 )
@@ -102,6 +103,7 @@ class FakeQueue:
         }
         self.submitted: list[tuple[str, Mapping[str, Any]]] = []
         self.asked: list[str] = []  # request ids of status, result and cancel calls
+        self.headers: list[dict[str, str]] = []  # the platform headers of each submit
 
     def script(self, method: str, *outcomes: Any) -> None:
         self.scripts[method].outcomes.extend(outcomes)
@@ -117,9 +119,11 @@ class FakeQueue:
         webhook_url: str | None = None,
         priority: str | None = None,
         start_timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
         max_queue_length: int | None = None,
     ) -> RequestHandle:
         self.submitted.append((endpoint, payload))
+        self.headers.append(dict(headers or {}))
         handle: RequestHandle = self.scripts["submit"].next()
         return handle
 
@@ -136,10 +140,10 @@ class FakeQueue:
     ) -> AsyncIterator[Status]:
         yield await self.status(handle)
 
-    async def result(self, handle: RequestHandle) -> dict[str, Any]:
+    async def result(self, handle: RequestHandle) -> Result:
         self.asked.append(handle.request_id)
-        body: dict[str, Any] = self.scripts["result"].next()
-        return body
+        body: dict[str, Any] | Result = self.scripts["result"].next()
+        return body if isinstance(body, Result) else Result(body)
 
     async def cancel(self, handle: RequestHandle) -> bool:
         self.asked.append(handle.request_id)

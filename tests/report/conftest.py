@@ -26,7 +26,8 @@ from support import TEST_KEY, png_uri, write_csv
 from batch.fal import Credentials
 from batch.job import JobSpec
 from batch.pipeline.policy import RetryPolicy
-from batch.pipeline.run import RunSummary, run_job
+from batch.pipeline.run import run_job
+from batch.pipeline.summary import RunSummary
 from batch.sim import Simulator
 
 FAST = RetryPolicy(attempts=3, backoff_min=0.001, backoff_max=0.01, retry_after_max=0.05)

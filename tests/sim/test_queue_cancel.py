@@ -1,4 +1,7 @@
-"""Cancel (fal-protocol.md §4): the three answers, and what a cancelled request reports."""
+"""Cancel (fal-protocol.md §4): the three answers, and what a cancelled request reports.
+
+A running request is only signalled by default (`cancel_mode: signal`, fal's behaviour; see
+test_sim_cancel_retry.py); these tests stop it with `cancel_mode: abort`."""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ async def test_cancel_in_queue_removes_it(start_sim: Any, payload: dict[str, Any
 
 
 async def test_cancel_in_progress_stops_it(start_sim: Any, payload: dict[str, Any]) -> None:
-    api = await start_sim(capacity=1, latency="fixed:30")
+    api = await start_sim(capacity=1, latency="fixed:30", cancel_mode="abort")
     running = await api.submit(payload)
     queued = await api.submit(payload)
     await api.wait_for(running, "IN_PROGRESS")
@@ -47,7 +50,7 @@ async def test_cancel_completed_is_400_already_completed(api: Any, payload: dict
 
 
 async def test_cancel_twice_is_harmless(start_sim: Any, payload: dict[str, Any]) -> None:
-    api = await start_sim(capacity=1, latency="fixed:30")
+    api = await start_sim(capacity=1, latency="fixed:30", cancel_mode="abort")
     sub = await api.submit(payload)
     assert (await api.call("PUT", sub["cancel_url"])).status == 202
     await api.wait_for(sub)

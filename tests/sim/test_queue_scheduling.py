@@ -20,7 +20,7 @@ async def test_capacity_caps_in_progress_and_never_rejects(
 
 async def test_low_priority_runs_after_normal(start_sim: Any, payload: dict[str, Any]) -> None:
     """A low job submitted first still waits behind normal jobs submitted later."""
-    api = await start_sim(capacity=1, latency="fixed:30")
+    api = await start_sim(capacity=1, latency="fixed:30", cancel_mode="abort")
     blocker = await api.submit(payload)
     low = await api.submit(payload, headers=LOW)
     normal = await api.submit(payload, headers={"X-Fal-Queue-Priority": "normal"})

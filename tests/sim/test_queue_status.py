@@ -9,7 +9,7 @@ import pytest
 
 async def test_status_codes_and_body_keys(start_sim: Any, payload: dict[str, Any]) -> None:
     """IN_QUEUE has queue_position; IN_PROGRESS 202 with logs and metrics; COMPLETED 200."""
-    api = await start_sim(capacity=1, latency="fixed:30")
+    api = await start_sim(capacity=1, latency="fixed:30", cancel_mode="abort")
     first = await api.submit(payload)
     second = await api.submit(payload)
 
@@ -59,7 +59,7 @@ async def test_logs_param_accepts_all_four_spellings(
 
 async def test_queue_positions_with_capacity_one(start_sim: Any, payload: dict[str, Any]) -> None:
     """Positions count the requests ahead (0-based) and close up when one ahead leaves."""
-    api = await start_sim(capacity=1, latency="fixed:30")
+    api = await start_sim(capacity=1, latency="fixed:30", cancel_mode="abort")
     subs = [await api.submit(payload) for _ in range(4)]
     assert [s["queue_position"] for s in subs] == [0, 0, 1, 2]
     states = [(await api.status(s)).json() for s in subs]

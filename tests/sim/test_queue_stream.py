@@ -72,7 +72,7 @@ async def test_stream_reports_each_state_and_closes(
     start_sim: Any, payload: dict[str, Any]
 ) -> None:
     """A queued job streams IN_QUEUE, IN_PROGRESS, COMPLETED (ends the stream), with pings."""
-    api = await start_sim(capacity=1, latency="fixed:30", ping_interval_s=0.02)
+    api = await start_sim(capacity=1, latency="fixed:30", ping_interval_s=0.02, cancel_mode="abort")
     blocker = await api.submit(payload)
     queued = await api.submit(payload)
     stream, reading = open_stream(api, queued)
@@ -105,7 +105,7 @@ async def test_stream_of_completed_job_sends_one_event(api: Any, payload: dict[s
 
 async def test_stream_follows_queue_position(start_sim: Any, payload: dict[str, Any]) -> None:
     """A waiting job's stream sends a new event when a job ahead of it leaves."""
-    api = await start_sim(capacity=1, latency="fixed:30")
+    api = await start_sim(capacity=1, latency="fixed:30", cancel_mode="abort")
     blocker = await api.submit(payload)
     ahead = await api.submit(payload)
     mine = await api.submit(payload)

@@ -112,10 +112,11 @@ def test_config_accepts_latency_strings_and_hides_the_key() -> None:
 
 
 async def test_results_expire_after_retention(start_sim: Any, payload: dict[str, Any]) -> None:
-    """After retention_s, status and result are 404; the job record stays for oracles."""
+    """Without payload storage (X-Fal-Store-IO: 0), after retention_s status and result are
+    404; the job record stays for oracles."""
     clock = ManualClock()
     api = await start_sim(retention_s=60, clock=clock)
-    sub = await api.submit(payload)
+    sub = await api.submit(payload, headers={"X-Fal-Store-IO": "0"})
     await api.wait_for(sub)
     assert (await api.result(sub)).status == 200
     clock.advance(59.5)  # not yet

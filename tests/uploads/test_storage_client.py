@@ -131,8 +131,11 @@ async def test_a_wrong_key_is_an_auth_error(start_storage):
     ],
 )
 async def test_faults_become_the_queues_error_classes(start_storage, rule, error):
-    """One attempt per call, failures translated by the same Transport as the queue's."""
-    sim, storage = await start_storage(faults=FaultPlan(seed=1, rules=[rule]))
+    """One attempt per call, failures translated by the same Transport as the queue's (the CDN
+    flow alone: no fallback to the initiate flow)."""
+    sim, storage = await start_storage(
+        faults=FaultPlan(seed=1, rules=[rule]), client={"flows": ["cdn"]}
+    )
     with pytest.raises(error) as caught:
         await storage.upload(image_bytes(), "image/png")
     if isinstance(caught.value, RateLimitedError):
@@ -158,3 +161,30 @@ async def test_changed_content_is_never_uploaded(start_storage, tmp_path: Path, 
     with pytest.raises(ContentChangedError):
         await storage.upload(path, "image/png", sha256="0" * 64)
     assert len(sim.store) == 0
+
+
+@pytest.mark.parametrize("status", [0, 503])
+async def test_a_cdn_host_that_is_down_hands_the_upload_to_the_initiate_flow(start_storage, status):
+    """The CDN host refuses connections (or answers 503): the upload goes through
+    `/storage/upload/initiate` and its signed PUT instead, and the file is there."""
+    sim, storage = await start_storage(
+        faults=FaultPlan(seed=1, rules=[FaultRule(kind="cdn_down", status=status)])
+    )
+    data = image_bytes(color=(5, 6, 7))
+    url = await storage.upload(data, "image/png", file_name="down.png")
+    assert await fetch(url) == (data, "image/png")
+    assert storage.fallbacks == 1
+    assert sim.counters.requests_for("initiate") == 1
+
+
+async def test_a_failing_token_route_falls_back_to_the_initiate_flow(start_storage):
+    """fal_client's order: the CDN flow needs a token; when the token route answers 502 the
+    upload goes through the initiate flow on the same REST host."""
+    sim, storage = await start_storage(
+        faults=FaultPlan(seed=1, rules=[FaultRule(kind="http_error", route="token", status=502)])
+    )
+    data = image_bytes(color=(8, 9, 10))
+    url = await storage.upload(data, "image/png")
+    assert (await fetch(url))[0] == data
+    assert sim.counters.requests_for("initiate") == 1
+    assert sim.counters.requests_for("upload") == 1  # the signed PUT, not a CDN upload

@@ -55,6 +55,8 @@
     var c = el('article', 'card ' + it.s + (it.f ? ' flagged' : ''));
     c.dataset.key = it.k;
     c.dataset.state = it.s;
+    if (it.u !== null && it.u !== undefined) c.dataset.units = String(it.u);
+    if (it.et) c.dataset.errorType = it.et;
     var head = el('header');
     head.appendChild(el('span', 'key', it.k));
     head.appendChild(el('span', 'badge ' + it.s, it.s));
@@ -76,9 +78,16 @@
     var facts = ['seed ' + (it.sd === null || it.sd === undefined ? '\u2013' : it.sd)];
     if (it.l !== null && it.l !== undefined) facts.push(it.l.toFixed(2) + ' s');
     facts.push(it.a + (it.a === 1 ? ' attempt' : ' attempts'));
+    if (it.u !== null && it.u !== undefined) {
+      facts.push(it.u + (it.u === 1 ? ' billed unit' : ' billed units'));
+    }
     if (it.src) facts.push(it.src);
     c.appendChild(el('p', 'facts', facts.join(' \u00b7 ')));
-    if (it.e) c.appendChild(el('p', 'error', it.e));
+    if (it.e || it.et) {
+      var error = el('p', 'error', it.e || 'error');
+      if (it.et) error.appendChild(el('span', 'etype', ' (fal error type: ' + it.et + ')'));
+      c.appendChild(error);
+    }
     return c;
   }
   function matching() {
