@@ -119,6 +119,16 @@ def test_defaults_reports_the_efficiency_of_a_run_with_default_settings(tmp_path
     assert figures["completed"] == N and figures["exit_code"] == 0
 
 
+@pytest.mark.timeout(90)
+def test_live_fal_reports_money_under_a_deadline_and_a_locked_account(tmp_path: Path) -> None:
+    """live_fal.py reports both scenarios; nothing is paid twice and the lock exits 6."""
+    figures = run_script("live_fal.py", tmp_path / "live_fal.json")
+    cut, lock = figures["deadline"], figures["locked"]
+    assert cut["completed"] == N and cut["paid_twice"] == 0 and cut["exit_code"] == 0
+    assert lock["exit_code"] == 6 and lock["failed"] == 0
+    assert lock["completed"] + lock["pending"] == 60
+
+
 @pytest.mark.timeout(60)
 def test_storm_reports_429_share_and_ideal_ratio(tmp_path: Path) -> None:
     """storm.py completes every item against a 10/s server and reports the 429 share."""
