@@ -130,6 +130,14 @@ def test_live_fal_reports_money_under_a_deadline_and_a_locked_account(tmp_path: 
 
 
 @pytest.mark.timeout(60)
+def test_kills_reports_completed_and_verified_files_after_kills(tmp_path: Path) -> None:
+    """kills.py kills runs and resumes; every item ends completed and its files verified."""
+    figures = run_script("kills.py", tmp_path / "kills.json", "--kills", "2")
+    assert figures["completed"] == N and figures["file_problems"] == 0
+    assert figures["files_verified"] == N and figures["final_exit_code"] == 0
+
+
+@pytest.mark.timeout(60)
 def test_storm_reports_429_share_and_ideal_ratio(tmp_path: Path) -> None:
     """storm.py completes every item against a 10/s server and reports the 429 share."""
     figures = run_script("storm.py", tmp_path / "storm.json")

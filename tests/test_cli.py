@@ -12,7 +12,7 @@ from support import TEST_KEY, item_rows, png_uri, write_csv
 from batch.cli import main
 from batch.sim import Simulator
 
-ALL_COMMANDS = ["run", "validate", "status", "export", "sim"]
+ALL_COMMANDS = ["run", "validate", "status", "export", "report", "retry", "doctor", "sim"]
 
 
 async def _cli(*args: str, key: str = TEST_KEY, cwd=None) -> tuple[int, str, str]:
@@ -129,3 +129,67 @@ async def test_validate_prints_counts(tmp_path):
     code, stdout, _ = await _cli("validate", str(manifest), cwd=tmp_path)
     assert code == 0
     assert stdout.strip() == "m.csv: 4 items, 4 input images → 8 output images, 2.1 MP"
+
+
+def _local_run(tmp_path, *extra: str, rows: int = 3):
+    manifest = tmp_path / "m.csv"
+    if not manifest.exists():
+        write_csv(manifest, item_rows(rows))
+    args = ["run", str(manifest), "--queue-url", "local", "--output", str(tmp_path / "out")]
+    return CliRunner().invoke(main, [*args, *extra], env={"FAL_KEY": TEST_KEY})
+
+
+def test_status_export_report_and_doctor_take_an_output_folder(tmp_path):
+    assert _local_run(tmp_path).exit_code == 0
+    out = tmp_path / "out"
+    cli = CliRunner()
+
+    status = cli.invoke(main, ["status", str(out), "--json"])
+    assert status.exit_code == 0, status.output
+    shown = json.loads(status.stdout)
+    assert shown["counts"]["completed"] == 3 and shown["job"] == "m"
+    (out / "results.csv").unlink()
+    export = cli.invoke(main, ["export", str(out)])
+    assert export.exit_code == 0 and (out / "results.csv").is_file()
+    (out / "report.html").unlink()
+    report = cli.invoke(main, ["report", str(out)])
+    assert report.exit_code == 0 and (out / "report.html").is_file()
+    doctor = cli.invoke(main, ["doctor", str(out)])
+    assert doctor.exit_code == 0 and doctor.stdout.strip().endswith("healthy"), doctor.output
+    both = cli.invoke(main, ["status", str(out), "--output", str(out)])
+    assert both.exit_code == 2 and "is an output folder already" in both.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = cli.invoke(main, ["status", str(empty)])
+    assert none.exit_code == 2 and "no ledger yet" in none.stderr
+
+
+def test_doctor_exits_2_and_says_what_to_do(tmp_path):
+    assert _local_run(tmp_path).exit_code == 0
+    out = tmp_path / "out"
+    next((out / "images").iterdir()).unlink()
+    result = CliRunner().invoke(main, ["doctor", str(tmp_path / "m.csv"), "--output", str(out)])
+    assert result.exit_code == 2
+    assert "PROBLEM  outputs: 1 of 3 files do not match the ledger: missing: 1" in result.stdout
+    assert "what to do:" in result.stdout and result.stdout.strip().endswith("1 problem")
+
+
+def test_start_over_moves_the_earlier_outputs_aside_and_runs_again(tmp_path):
+    assert _local_run(tmp_path).exit_code == 0
+    out = tmp_path / "out"
+    (out / "ledger.sqlite").unlink()
+    before = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+
+    refused = _local_run(tmp_path)
+    assert refused.exit_code == 2 and "--start-over" in refused.stderr
+    dry = _local_run(tmp_path, "--start-over", "--dry-run")
+    assert dry.exit_code == 2 and "not with --dry-run" in dry.stderr
+    again = _local_run(tmp_path, "--start-over")
+
+    assert again.exit_code == 0, again.output
+    (aside,) = tmp_path.glob("out.set-aside-*")
+    assert f"are now in {aside}" in again.stderr
+    assert sorted(p.relative_to(aside) for p in aside.rglob("*") if p.is_file()) == [
+        p for p in before if p.name != ".lock"
+    ]
+    assert "3 completed" in again.stdout and (out / "ledger.sqlite").stat().st_size > 0

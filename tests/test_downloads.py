@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import io
 import os
@@ -20,6 +21,8 @@ from support import leftovers
 
 import batch.outputs.downloads as downloads_module
 import batch.outputs.durable as durable
+from batch.errors import ExitCode
+from batch.outputs import DiskFullError
 from batch.outputs.downloads import DownloadError, describe_url, download_image
 from batch.outputs.durable import temp_path
 from batch.outputs.naming import OutputRecord, verify_outputs
@@ -408,3 +411,61 @@ def test_a_file_that_cannot_be_made_durable_is_not_published(
 
     assert isinstance(results[1], OSError) and results[0] == results[2] == ("image/png", 16, 16)
     assert sorted(p.name for p in folder.iterdir()) == ["f0.png", "f2.png"]
+
+
+def test_a_full_disk_while_writing_is_disk_full_and_leaves_no_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC half-way through a file: `DiskFullError` naming the folder (exit 4, resumable),
+    the half-written temporary file removed, nothing under the final name; others publish."""
+    calls = iter(range(100))
+
+    def full_at_second_file(name: str) -> None:
+        if next(calls) == 1:  # the second file, after its first half is written
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(durable, "crashpoint", full_at_second_file)
+    folder = tmp_path / "images"
+    folder.mkdir()
+
+    results = _publish_many(folder, 3)
+
+    assert isinstance(results[1], DiskFullError) and results[1].exit_code == ExitCode.STOPPED
+    assert str(results[1]).startswith(f"{folder}: disk full (no space left on device)")
+    assert "free some space, then run the same command again" in str(results[1])
+    assert results[0] == results[2] == ("image/png", 16, 16)
+    assert sorted(p.name for p in folder.iterdir()) == ["f0.png", "f2.png"]
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("code", "error"), [(errno.EDQUOT, "DiskFullError"), (errno.EACCES, "NotWritableError")]
+)
+def test_a_quota_or_a_refused_folder_is_named_not_an_oserror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, error: str
+) -> None:
+    def refuse(name: str) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(durable, "crashpoint", refuse)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    results = _publish_many(folder, 1)
+    assert type(results[0]).__name__ == error and str(folder) in str(results[0])
+    assert list(folder.iterdir()) == []
+
+
+async def test_download_image_raises_disk_full_not_a_download_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(name: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(durable, "crashpoint", full)
+    data = make_image("PNG", (16, 16))
+    uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    dest = tmp_path / "images" / "a.png"
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(DiskFullError):
+            await download_image(session, uri, dest)
+    assert not dest.exists() and leftovers(tmp_path) == []

@@ -13,9 +13,14 @@ from batch.schema import DEFAULT_ENDPOINT
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A project root (the current directory) with jobs/ and manifests/."""
+    """A project root (the current directory) with jobs/ and manifests/, and the manifests the
+    tests name (a job file's manifest must exist)."""
     (tmp_path / "jobs").mkdir()
     (tmp_path / "manifests").mkdir()
+    (tmp_path / "data").mkdir()
+    for name in ("jobs/m.csv", "manifests/catalog.csv", "manifests/demo.csv", "m.csv"):
+        (tmp_path / name).write_text("prompt,image_urls\nx,https://img.test/a.png\n")
+    (tmp_path / "data" / "m.jsonl").write_text("{}\n")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -56,7 +61,7 @@ def test_minimal_job_gets_every_default(project: Path) -> None:
 
 def test_full_job(project: Path) -> None:
     text = """name: nightly
-manifest: /data/m.jsonl
+manifest: {project}/data/m.jsonl
 endpoint: fal-ai/other/edit
 queue: local
 concurrency: 2
@@ -70,10 +75,10 @@ priority: low
 start_timeout: 60
 deadline: 600.5
 sim: {capacity: 1, latency: "fixed:0.01", seed: 7}
-"""
+""".replace("{project}", str(project))
     spec = load_job(job_file(project, text))
     assert spec.name == "nightly"
-    assert spec.manifest == Path("/data/m.jsonl")
+    assert spec.manifest == project / "data" / "m.jsonl"
     assert spec.local
     assert (spec.concurrency, spec.rate, spec.wait) == (2, 0.5, "stream")
     assert spec.retries == RetrySpec(attempts=3, backoff_min=0, backoff_max=2)

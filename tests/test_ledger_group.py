@@ -81,9 +81,12 @@ async def test_a_refused_transition_fails_alone(ledger, tmp_path):
 
 
 async def test_a_database_error_commits_nothing_of_the_group(ledger, tmp_path):
+    """When SQLite itself gives up the group's transaction (as after a full disk or an I/O
+    error), no transition of the group is committed and every caller learns why."""
     group = GroupCommit(ledger, window=0)
 
     def broken() -> None:
+        ledger._conn.execute("ROLLBACK")  # what SQLite does to the transaction on such errors
         raise sqlite3.OperationalError("disk I/O error")
 
     results = await asyncio.gather(
@@ -130,3 +133,37 @@ async def test_a_webhook_for_a_request_id_not_yet_committed_is_accepted(ledger):
     assert waits.accepts("r-early")
     await queued  # committed by the receiver's flush
     assert not waits.accepts("r-unknown")
+
+
+async def test_an_unexpected_error_in_one_transition_fails_only_its_caller(ledger, tmp_path):
+    """A transition that raises something else than a refusal (an OverflowError from a huge
+    number, an IntegrityError) is rolled back to its own savepoint: the request ids the other
+    transitions of the group recorded are committed, not lost with it."""
+    group = GroupCommit(ledger, window=0)
+
+    def overflow() -> None:
+        ledger.mark_completed("k0001", [], seed=2**80, timings=None, nsfw=None)
+
+    def half_written() -> None:  # writes, then fails: its write must not stay
+        ledger.mark_submitted("k0003", "r3", None, None, None)
+        ledger._conn.execute("INSERT INTO meta (name, value) VALUES ('x', NULL)")
+
+    ledger.mark_submitted("k0001", "r1", None, None, None)
+    results = await asyncio.gather(
+        group.write(lambda: ledger.mark_submitted("k0000", "r0", None, None, None)),
+        group.write(overflow),
+        group.write(half_written),
+        group.write(lambda: ledger.mark_submitted("k0002", "r2", None, None, None)),
+        return_exceptions=True,
+    )
+
+    assert results[0] is None and results[3] is None
+    assert isinstance(results[1], OverflowError)
+    assert isinstance(results[2], sqlite3.IntegrityError)
+    states = _states(tmp_path)
+    assert states["k0000"] == ("submitted", "r0") and states["k0002"] == ("submitted", "r2")
+    assert states["k0001"] == ("submitted", "r1")  # the failed completion left it as it was
+    assert states["k0003"] == ("pending", None)  # rolled back to its savepoint
+    assert group.commits == 1 and (group.writes, ledger.get_meta("x")) == (4, None)
+    await group.write(lambda: ledger.mark_submitted("k0003", "r3", None, None, None))
+    assert _states(tmp_path)["k0003"] == ("submitted", "r3")

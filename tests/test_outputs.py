@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import datetime
+import errno
 import hashlib
+import os
 import unicodedata
 from pathlib import Path
 
 import pytest
 from support import leftovers, png_bytes
 
+import batch.outputs.aside as aside_module
+from batch.errors import ExitCode
+from batch.outputs import (
+    DiskFullError,
+    LedgerMissingError,
+    NotWritableError,
+    host_error,
+    run_lock,
+    set_aside,
+)
+from batch.outputs.durable import atomic_writer
 from batch.outputs.naming import (
     OutputRecord,
     check_output_path,
@@ -165,3 +179,99 @@ def test_output_paths_that_could_leave_the_folder_are_refused(rel: str) -> None:
 def test_output_paths_inside_the_folder_are_kept_as_they_are(rel: str) -> None:
     check_output_path(rel)
     assert output_path(Path("/out"), rel) == Path("/out") / rel
+
+
+# --- host faults, a ledger gone, a fresh start ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "text"),
+    [
+        (errno.ENOSPC, DiskFullError, "disk full (no space left on device)"),
+        (errno.EDQUOT, DiskFullError, "disk full (disk quota exceeded)"),
+        (errno.EACCES, NotWritableError, "cannot write {p}: permission denied"),
+        (errno.EROFS, NotWritableError, "cannot write {p}: read-only file system"),
+    ],
+)
+def test_host_errors_name_the_folder_and_what_to_do(
+    tmp_path: Path, code: int, kind: type, text: str
+) -> None:
+    err = host_error(OSError(code, os.strerror(code), "/elsewhere/.tmp-x"), tmp_path)
+    assert isinstance(err, kind) and text.format(p=tmp_path) in str(err)
+    assert "\n" not in str(err) and "/elsewhere" not in str(err)
+    assert host_error(OSError(errno.EIO, "Input/output error"), tmp_path) is None
+
+
+def test_atomic_writer_on_a_full_disk_keeps_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    dest = tmp_path / "results.csv"
+    dest.write_text("old\n")
+    with pytest.raises(DiskFullError) as caught, atomic_writer(dest) as fh:
+        fh.write("new, half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert caught.value.exit_code == ExitCode.STOPPED and caught.value.path == tmp_path
+    assert dest.read_text() == "old\n" and leftovers(tmp_path) == []
+
+
+def _earlier_run(out: Path) -> None:
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "a_0.png").write_bytes(PNG)
+    (out / "results.csv").write_text("key\na\n")
+    (out / "ledger.sqlite").write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
+    (out / "ledger.sqlite-wal").write_bytes(b"wal")
+
+
+def test_run_lock_refuses_a_folder_whose_ledger_is_gone(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _earlier_run(out)
+    (out / "ledger.sqlite").unlink()
+    with pytest.raises(LedgerMissingError) as caught, run_lock(out):
+        pytest.fail("the run must not start")
+    assert caught.value.found == ("images/ (1 file)", "results.csv", "ledger.sqlite-wal")
+    with run_lock(out, check_ledger=False):  # --start-over takes the lock without the check
+        pass
+    with run_lock(tmp_path / "new"):  # a new folder is fine
+        pass
+
+
+def test_set_aside_moves_everything_but_the_lock_and_deletes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _earlier_run(out)
+    (out / ".lock").write_text("1\n")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    now = datetime.datetime(2026, 5, 7, 10, 15, 0, tzinfo=datetime.UTC)
+
+    moved = set_aside(out, now=now)
+
+    assert moved == tmp_path / "out.set-aside-20260507T101500Z"
+    assert [p.name for p in out.iterdir()] == [".lock"]
+    after = {p.relative_to(moved): p.read_bytes() for p in moved.rglob("*") if p.is_file()}
+    assert after == {k: v for k, v in before.items() if k.name != ".lock"}
+    _earlier_run(out)
+    assert set_aside(out, now=now) == tmp_path / "out.set-aside-20260507T101500Z-2"
+    assert set_aside(out, now=now) is None  # nothing left to move
+    assert set_aside(tmp_path / "missing") is None
+
+
+def test_set_aside_moves_inside_when_beside_is_another_file_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    _earlier_run(out)
+    real = os.rename
+    moves: list[str] = []
+
+    def rename(src: Path, dst: Path) -> None:
+        if not Path(dst).is_relative_to(out):  # out is a mount point: beside it is elsewhere
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        moves.append(Path(src).name)
+        real(src, dst)
+
+    monkeypatch.setattr(aside_module.os, "rename", rename)
+    now = datetime.datetime(2026, 5, 7, 10, 15, 0, tzinfo=datetime.UTC)
+
+    moved = set_aside(out, now=now)
+
+    assert moved == out / "set-aside-20260507T101500Z"
+    assert sorted(p.name for p in out.iterdir()) == ["set-aside-20260507T101500Z"]
+    assert moves[:2] == ["ledger.sqlite", "ledger.sqlite-wal"]  # the ledger first
+    assert not (tmp_path / "out.set-aside-20260507T101500Z").exists()

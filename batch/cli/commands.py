@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import sys
 from pathlib import Path
@@ -14,38 +13,17 @@ import click
 
 from batch import crashpoints
 from batch.cli.collector import fewer_collections
+from batch.cli.ledger_commands import doctor, export, report, retry, status
 from batch.cli.logs import progress_for, setup_logging
 from batch.cli.options import fal_settings, input_options, webhook_options, webhook_settings
-from batch.cli.outcomes import Commands, fail, remember_output
+from batch.cli.outcomes import Commands, fail
 from batch.cli.schedule import make_schedule
+from batch.cli.targets import load_spec as _load_spec
 from batch.errors import ExitCode
-from batch.job import JobError, JobSpec, load_job, parse_duration
-from batch.ledger import LEDGER_FILE, Ledger
-from batch.ledger.prices import cached_price
+from batch.job import JobError, load_job, parse_duration
 from batch.manifest import LocalFiles, scan
+from batch.outputs import run_lock, set_aside
 from batch.pipeline.run import run_job
-from batch.report import job_status, report_for
-
-MANIFEST_SUFFIXES = {".csv", ".jsonl"}
-
-
-def _load_spec(target: str, overrides: dict[str, Any]) -> JobSpec:
-    """A job file, or a manifest run directly (YAML manifests have `items:` or `matrix:`)."""
-    path = Path(target)
-    if path.suffix.lower() in MANIFEST_SUFFIXES or _looks_like_manifest(path):
-        spec = JobSpec.for_manifest(path)
-    else:
-        spec = load_job(path)
-    spec = spec.with_overrides(**overrides)
-    remember_output(spec.output)
-    return spec
-
-
-def _looks_like_manifest(path: Path) -> bool:
-    if path.suffix.lower() not in {".yaml", ".yml"} or not path.is_file():
-        return False
-    head = path.read_text(encoding="utf-8-sig", errors="replace")[:65536]
-    return any(line.startswith(("items:", "matrix:")) for line in head.splitlines())
 
 
 @click.group(cls=Commands)
@@ -53,6 +31,10 @@ def _looks_like_manifest(path: Path) -> bool:
 def main() -> None:
     """Bulk image edits through fal's queue API, resumable, with a local simulator."""
     crashpoints.arm_from_env()  # tests of crash safety only; unset, nothing is armed
+
+
+for _command in (status, report, export, retry, doctor):  # those that read a job's ledger
+    main.add_command(_command)
 
 
 @main.command()
@@ -69,6 +51,12 @@ def main() -> None:
 @click.option("--redo-changed", is_flag=True, help="Resubmit rows whose request changed.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.option("--detach", is_flag=True, help="Submit with webhooks and exit (see webhook serve).")
+@click.option(
+    "--start-over",
+    is_flag=True,
+    help="Move the output folder's files aside (into <output>.set-aside-<time>/, nothing is"
+    " deleted) and run the job from scratch: every item is sent, and paid for, again.",
+)
 @webhook_options
 @input_options
 def run(
@@ -82,6 +70,7 @@ def run(
     max_runtime: str | None,
     redo_changed: bool,
     log_format: str,
+    start_over: bool,
     **input_settings: Any,
 ) -> None:
     """Run (or resume) a job file or a manifest. The same command again resumes.
@@ -104,6 +93,10 @@ def run(
     }
     spec = _load_spec(target, overrides)
     seconds = _duration("--max-runtime", max_runtime) if max_runtime else None
+    if start_over:
+        if dry_run:
+            raise click.UsageError("--start-over: not with --dry-run (a dry run changes nothing)")
+        _start_over(spec.output)
     with fewer_collections():
         summary = asyncio.run(
             run_job(
@@ -225,22 +218,6 @@ def sim(
 
 
 @main.command()
-@click.argument("target", type=click.Path(exists=True, dir_okay=False))
-@click.option("--kind", help="Only failures of this kind (e.g. transient, permanent, download).")
-@click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
-def retry(target: str, kind: str | None, output: str | None) -> None:
-    """Put failed items back to pending for the next run (all, or one error kind).
-
-    Items that failed only to download keep their request id and are re-attached, not paid
-    for again. Example: firered-batch retry jobs/demo.yaml --kind transient
-    """
-    with _open_ledger(target, output) as ledger:
-        count = ledger.reset_to_pending(kind=kind)
-    what = f"failed ({kind})" if kind else "failed"
-    click.echo(f"{count} {what} items will be tried again by the next run")
-
-
-@main.command()
 @click.argument("job", type=click.Path(exists=True, dir_okay=False))
 @click.option("--every", required=True, help="Interval: 15m, 1h, 6h, 1d ...")
 @click.option("--log", "log_file", type=click.Path(dir_okay=False), help="Where runs log.")
@@ -264,75 +241,23 @@ def schedule(job: str, every: str, log_file: str | None, env_file: str | None) -
     click.echo(plan.text())
 
 
+def _start_over(output: Path) -> None:
+    """--start-over: the output folder's files moved aside (under its lock), never deleted."""
+    with run_lock(output, check_ledger=False):
+        moved = set_aside(output)
+    if moved is not None:
+        click.echo(
+            f"starting over: the earlier files of {output} are now in {moved};"
+            " every item is sent (and paid for) again",
+            err=True,
+        )
+
+
 def _duration(option: str, text: str) -> float:
     try:
         return parse_duration(text)
     except ValueError as exc:
         raise JobError([f"{option}: {exc}"]) from None
-
-
-def _json_out(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
-
-
-def _open_ledger(target: str, output: str | None) -> Ledger:
-    return _open_job(target, output)[1]
-
-
-def _open_job(target: str, output: str | None) -> tuple[JobSpec, Ledger]:
-    spec = _load_spec(target, {"output": output})
-    if not (spec.output / LEDGER_FILE).exists():
-        raise JobError([f"{spec.output}: no ledger yet (has this job been run?)"])
-    return spec, Ledger.open(spec.output)
-
-
-@main.command()
-@click.argument("target", type=click.Path(exists=True, dir_okay=False))
-@click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def status(target: str, output: str | None, as_json: bool) -> None:
-    """Show a job's items by state, failures by kind, and its latest run (throughput, ETA
-    while it is live) — from the ledger only, no network.
-
-    Example: firered-batch status jobs/demo.yaml --json
-    """
-    spec, ledger = _open_job(target, output)
-    with ledger:
-        price = spec.price or cached_price(ledger, spec.endpoint)
-        result = job_status(ledger, name=spec.name, price=price, endpoint=spec.endpoint)
-    if as_json:
-        _json_out(result.as_dict())
-    else:
-        click.echo(result.text())
-
-
-@main.command()
-@click.argument("target", type=click.Path(exists=True, dir_okay=False))
-@click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
-def report(target: str, output: str | None) -> None:
-    """Write the HTML contact sheet, <output>/report.html (every run writes it at its end).
-
-    Each item's input and output thumbnails side by side, with prompt, seed, state, latency
-    and errors; filters, search, a latency histogram. Works offline.
-    Example: firered-batch report jobs/demo.yaml
-    """
-    spec, ledger = _open_job(target, output)
-    ledger.close()
-    written = report_for(spec)
-    click.echo(str(written.path))
-
-
-@main.command()
-@click.argument("target", type=click.Path(exists=True, dir_okay=False))
-@click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
-def export(target: str, output: str | None) -> None:
-    """Write results.csv and results.jsonl from the ledger again.
-
-    Example: firered-batch export jobs/demo.yaml
-    """
-    with _open_ledger(target, output) as ledger:
-        paths = ledger.export()
-    click.echo(f"{paths.csv}\n{paths.jsonl}")
 
 
 @main.group()

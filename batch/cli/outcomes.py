@@ -4,12 +4,17 @@ An error the package raised on purpose (`batch.errors.BatchError`) is its messag
 and its `exit_code`. Anything else is a bug: one line naming it and the file the full traceback
 was written to (in the output folder, beside the ledger, when the command knew it; else the
 system's temporary folder), and `ExitCode.CRASH`. Never a raw traceback, never "invalid input".
+
+A fault of the host that reaches here unnamed — an `OSError` of a full disk or a refused write,
+a SQLite error of a full disk or a damaged or read-only ledger — is not a bug: it becomes the
+error it means (`batch.outputs.faults`, `batch.ledger.faults`) and that error's exit code.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import sqlite3
 import sys
 import tempfile
 import traceback
@@ -19,6 +24,9 @@ from typing import Any, NoReturn
 import click
 
 from batch.errors import BatchError, ExitCode
+from batch.ledger import LEDGER_FILE
+from batch.ledger.faults import sqlite_fault
+from batch.outputs.faults import NO_SPACE, host_error
 
 OUTPUT_DIR = "output_dir"  # ctx.meta key: the output folder, once a command knows it
 
@@ -46,6 +54,9 @@ class Commands(click.Group):
         except BatchError as exc:
             fail(exc, exc.exit_code)
         except Exception as exc:
+            fault = host_fault(exc, ctx.meta.get(OUTPUT_DIR))
+            if fault is not None:
+                fail(fault, fault.exit_code)
             log = write_crash_log(exc, ctx.meta.get(OUTPUT_DIR))
             click.echo(
                 f"firered-batch crashed: {type(exc).__name__}: {exc}\n"
@@ -54,6 +65,25 @@ class Commands(click.Group):
                 err=True,
             )
             sys.exit(ExitCode.CRASH)
+
+
+def host_fault(exc: Exception, output_dir: Path | None) -> BatchError | None:
+    """The error a fault of the host means (a full disk, a refused write, a damaged ledger),
+    or None for anything else."""
+    if isinstance(exc, OSError):
+        if exc.errno in NO_SPACE or _inside(exc.filename, output_dir):
+            return host_error(exc)
+        return None  # say, a manifest that cannot be read: not the output folder's fault
+    if isinstance(exc, sqlite3.Error) and output_dir is not None:
+        return sqlite_fault(exc, Path(output_dir) / LEDGER_FILE)
+    return None
+
+
+def _inside(filename: object, folder: Path | None) -> bool:
+    if folder is None or not isinstance(filename, str | bytes | os.PathLike):
+        return False
+    path = Path(os.path.abspath(os.fsdecode(filename)))
+    return path == Path(folder) or path.is_relative_to(os.path.abspath(folder))
 
 
 def write_crash_log(exc: BaseException, output_dir: Path | None) -> Path:

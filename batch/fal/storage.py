@@ -35,7 +35,8 @@ same `Transport`, and retrying is the caller's decision. The key goes only to ``
 the CDN gets the token, a signed URL nothing. When the caller gives the content's sha256, the
 bytes read are checked against it before anything is sent (before ``complete``, for
 multipart): a file that changed since it was hashed raises `ContentChangedError` instead of
-uploading other content.
+uploading other content. The requests of each flow are in `batch.fal.upload_flows`; this
+module holds the token, the choice of flow and the fallback chain.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import unquote_to_bytes
 
 import aiohttp
@@ -59,11 +60,13 @@ import aiohttp
 from batch.fal.auth import Credentials
 from batch.fal.client import USER_AGENT
 from batch.fal.errors import AuthError, ConnectError, FalError, PermanentError, TransientError
-from batch.fal.transport import Reply, Transport
+from batch.fal.transport import Transport
+from batch.fal.upload_flows import CDN_STORAGE_TYPE as CDN_STORAGE_TYPE
+from batch.fal.upload_flows import ContentChangedError as ContentChangedError
+from batch.fal.upload_flows import cdn_multipart, cdn_single, initiate_and_put, source_name
 
 DEFAULT_REST_URL = "https://rest.fal.ai"
 DEFAULT_CDN_URL = "https://v3.fal.media"
-CDN_STORAGE_TYPE = "fal-cdn-v3"
 UploadFlow = Literal["cdn", "initiate"]
 DEFAULT_UPLOAD_FLOWS: tuple[UploadFlow, ...] = ("cdn", "initiate")
 MULTIPART_THRESHOLD = 100 * 1024 * 1024
@@ -71,10 +74,6 @@ PART_SIZE = 10 * 1024 * 1024
 UNKNOWN_EXPIRY_S = 600.0  # how long to keep a token whose answer has no readable expires_at
 
 T = TypeVar("T")
-
-
-class ContentChangedError(ValueError):
-    """The bytes read do not have the sha256 the caller expected (the file changed)."""
 
 
 @dataclass(frozen=True)
@@ -228,7 +227,7 @@ class StorageClient:
             )
         data = source if isinstance(source, bytes) else await asyncio.to_thread(_read, source)
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise ContentChangedError(f"{_name(source)}: content changed since it was hashed")
+            raise ContentChangedError(f"{source_name(source)}: content changed since it was hashed")
         attempts: list[Callable[[], Awaitable[str]]] = []
         for flow in self.flows:
             if flow == "cdn":
@@ -271,41 +270,28 @@ class StorageClient:
     async def _single(
         self, token: CdnToken, host: str, data: bytes, content_type: str, file_name: str | None
     ) -> str:
-        reply = await self._transport.send(
-            "upload",
-            "POST",
-            f"{host}/files/upload",
-            timeout=self.timeouts.total(self.timeouts.upload),
+        return await cdn_single(
+            self._transport,
+            host,
+            authorization=token.header,
             data=data,
-            headers=_upload_headers(token, content_type, file_name),
+            content_type=content_type,
+            file_name=file_name,
+            timeout=self.timeouts.total(self.timeouts.upload),
         )
-        return _access_url("upload", reply)
 
     async def _initiate(self, data: bytes, content_type: str, file_name: str | None) -> str:
         """The initiate flow: a signed URL from the REST API, then one PUT to it."""
-        reply = await self._transport.send(
-            "upload initiate",
-            "POST",
-            f"{self.rest_url}/storage/upload/initiate",
-            timeout=self.timeouts.total(self.timeouts.token),
-            json_body={"content_type": content_type, "file_name": file_name or "upload.bin"},
-            params={"storage_type": CDN_STORAGE_TYPE},
-        )
-        body = reply.body if isinstance(reply.body, dict) else {}
-        upload_url, file_url = body.get("upload_url"), body.get("file_url")
-        if not isinstance(upload_url, str) or not upload_url:
-            raise TransientError("upload initiate: answer has no upload_url", status=reply.status)
-        if not isinstance(file_url, str) or not file_url:
-            raise TransientError("upload initiate: answer has no file_url", status=reply.status)
-        await self._unsigned.send(
-            "upload put",
-            "PUT",
-            upload_url,
-            timeout=self.timeouts.total(self.timeouts.upload),
+        return await initiate_and_put(
+            self._transport,
+            self._unsigned,
+            self.rest_url,
             data=data,
-            headers={"Content-Type": content_type},
+            content_type=content_type,
+            file_name=file_name,
+            call_timeout=self.timeouts.total(self.timeouts.token),
+            put_timeout=self.timeouts.total(self.timeouts.upload),
         )
-        return file_url
 
     async def _multipart(
         self,
@@ -316,102 +302,19 @@ class StorageClient:
         file_name: str | None,
         sha256: str | None,
     ) -> str:
-        created = await self._transport.send(
-            "multipart upload",
-            "POST",
-            f"{host}/files/upload/multipart",
-            timeout=self.timeouts.total(self.timeouts.token),
-            headers=_upload_headers(token, content_type, file_name),
+        return await cdn_multipart(
+            self._transport,
+            host,
+            source,
+            authorization=token.header,
+            content_type=content_type,
+            file_name=file_name,
+            sha256=sha256,
+            part_size=self.part_size,
+            part_concurrency=self.part_concurrency,
+            call_timeout=self.timeouts.total(self.timeouts.token),
+            part_timeout=self.timeouts.total(self.timeouts.part),
         )
-        access_url = _access_url("multipart upload", created)
-        upload_id = created.body.get("uploadId") if isinstance(created.body, dict) else None
-        if not isinstance(upload_id, str) or not upload_id:
-            raise TransientError("multipart upload: answer has no uploadId")
-        base = f"{access_url}/multipart/{upload_id}"
-        etags = await self._parts(token, base, source, sha256)
-        parts = [{"partNumber": n, "etag": etag} for n, etag in sorted(etags.items())]
-        reply = await self._transport.send(
-            "multipart complete",
-            "POST",
-            f"{base}/complete",
-            timeout=self.timeouts.total(self.timeouts.token),
-            json_body={"parts": parts},
-            headers={"Authorization": token.header},
-        )
-        body = reply.body if isinstance(reply.body, dict) else {}
-        url = body.get("access_url")
-        return url if isinstance(url, str) and url else access_url
-
-    async def _parts(
-        self,
-        token: CdnToken,
-        base: str,
-        source: bytes | str | os.PathLike[str],
-        sha256: str | None,
-    ) -> dict[int, str]:
-        """Send the parts in order, ``part_concurrency`` at a time, hashing as they are read."""
-        etags: dict[int, str] = {}
-        digest = hashlib.sha256()
-        slots = asyncio.Semaphore(self.part_concurrency)
-
-        async def put(number: int, chunk: bytes) -> None:
-            try:
-                reply = await self._transport.send(
-                    f"upload part {number}",
-                    "PUT",
-                    f"{base}/{number}",
-                    timeout=self.timeouts.total(self.timeouts.part),
-                    data=chunk,
-                    headers={"Authorization": token.header, "Accept-Encoding": "identity"},
-                )
-            finally:
-                slots.release()
-            etag = reply.headers.get("etag")
-            if not etag:
-                raise TransientError(f"upload part {number}: answer has no ETag")
-            etags[number] = etag
-
-        try:
-            with _Chunks(source, self.part_size) as chunks:
-                async with asyncio.TaskGroup() as group:
-                    number = 0
-                    while chunk := await chunks.next():
-                        number += 1
-                        digest.update(chunk)
-                        await slots.acquire()
-                        group.create_task(put(number, chunk))
-        except BaseExceptionGroup as group_error:
-            raise _first_error(group_error) from None
-        if sha256 is not None and digest.hexdigest() != sha256:
-            raise ContentChangedError(f"{_name(source)}: content changed since it was hashed")
-        return etags
-
-
-class _Chunks:
-    """Consecutive chunks of bytes or of a file (read in a thread), then b""."""
-
-    def __init__(self, source: bytes | str | os.PathLike[str], size: int) -> None:
-        self._source = source
-        self._size = size
-        self._offset = 0
-        self._fh: BinaryIO | None = None
-
-    def __enter__(self) -> _Chunks:
-        if not isinstance(self._source, bytes):
-            self._fh = open(self._source, "rb")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fh is not None:
-            self._fh.close()
-
-    async def next(self) -> bytes:
-        if self._fh is not None:
-            return await asyncio.to_thread(self._fh.read, self._size)
-        assert isinstance(self._source, bytes)
-        chunk = self._source[self._offset : self._offset + self._size]
-        self._offset += len(chunk)
-        return chunk
 
 
 def _refused(exc: FalError) -> bool:
@@ -421,34 +324,9 @@ def _refused(exc: FalError) -> bool:
     return isinstance(exc, TransientError) and exc.status is not None and exc.status >= 500
 
 
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first failure of a part (the others were cancelled because of it)."""
-    first = group.exceptions[0]
-    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
-
-
 def _read(path: str | os.PathLike[str]) -> bytes:
     with open(path, "rb") as fh:
         return fh.read()
-
-
-def _name(source: bytes | str | os.PathLike[str]) -> str:
-    return "data" if isinstance(source, bytes) else os.fspath(source)
-
-
-def _upload_headers(token: CdnToken, content_type: str, file_name: str | None) -> dict[str, str]:
-    headers = {"Authorization": token.header, "Content-Type": content_type}
-    if file_name:
-        headers["X-Fal-File-Name"] = file_name
-    return headers
-
-
-def _access_url(call: str, reply: Reply) -> str:
-    body = reply.body if isinstance(reply.body, dict) else {}
-    url = body.get("access_url")
-    if not isinstance(url, str) or not url:
-        raise TransientError(f"{call}: answer has no access_url", status=reply.status)
-    return url.rstrip("/")
 
 
 def _parse_expiry(value: Any, now: float) -> float:

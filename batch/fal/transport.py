@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import io
 import json
 import math
 import re
@@ -306,7 +307,9 @@ class Transport:
                 method,
                 url,
                 json=json_body,
-                data=data,
+                # a BytesIO, not bytes: aiohttp sends a large bytes body in one write that
+                # holds the event loop (and warns); from a BytesIO it streams
+                data=None if data is None else io.BytesIO(data),
                 params=params,
                 headers=all_headers,
                 timeout=timeout,

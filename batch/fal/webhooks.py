@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from cryptography.exceptions import InvalidSignature
 
 from batch.fal.jwks import JsonWebKey, JwksUnavailableError
@@ -94,6 +95,28 @@ class WebhookDelivery:
             error=self.error or "webhook: ERROR",
             error_type=error_type if isinstance(error_type, str) else None,
         )
+
+
+class _OneLine(logging.Filter):
+    """A malformed or oversized HTTP request (a scanner, a bad proxy) is answered 400 by aiohttp;
+    it is logged as one line, not as the traceback aiohttp logs by default."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            first = str(exc.message).splitlines()[0][:200] if exc.message else type(exc).__name__
+            record.msg, record.args = "webhook receiver: refused a malformed request: %s", (first,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _http_log() -> logging.Logger:
+    """The receiver's HTTP server log, condensing malformed requests to one line."""
+    http_log = logging.getLogger("batch.webhooks.http")
+    if not any(isinstance(f, _OneLine) for f in http_log.filters):
+        http_log.addFilter(_OneLine())
+    return http_log
 
 
 # --- pure functions ---------------------------------------------------------------------------
@@ -211,7 +234,11 @@ class WebhookReceiver:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen on host:port (0: any free port); returns `http://host:port/`."""
         runner = web.AppRunner(
-            self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            logger=_http_log(),
         )
         await runner.setup()
         try:

@@ -7,11 +7,13 @@ import json
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from batch.errors import InvalidInputError
 from batch.fal import DEFAULT_JWKS_URL
+from batch.manifest import printable
+from batch.manifest.pricing import SettingsModel
 
 DEFAULT_PLATFORM_URL = "https://api.fal.ai"
 
@@ -42,20 +44,20 @@ class JobError(InvalidInputError):
     """A job file or settings that cannot be used. ``errors``: ``file:line: field: reason``."""
 
     def __init__(self, errors: list[str]) -> None:
-        self.errors = errors
-        super().__init__("\n".join(errors))
+        self.errors = [printable(e) for e in errors]  # keys and paths as the user wrote them
+        super().__init__("\n".join(self.errors))
 
 
 def _fail(message: str) -> PydanticCustomError:
     return PydanticCustomError("job_setting", message)
 
 
-class RetrySpec(BaseModel):
+class RetrySpec(SettingsModel):
     """Retries of transient failures: exponential back-off with full jitter, capped."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    attempts: int = Field(default=5, ge=1)
+    attempts: int = Field(default=5, ge=1, le=1000)
     backoff_min: float = Field(default=0.5, ge=0)
     backoff_max: float = Field(default=30.0, ge=0)
 
@@ -66,14 +68,14 @@ class RetrySpec(BaseModel):
         return self
 
 
-class SimSpec(BaseModel):
+class SimSpec(SettingsModel):
     """The embedded simulator, for ``queue: local``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    capacity: int = Field(default=4, ge=1)
+    capacity: int = Field(default=4, ge=1, le=10_000)
     latency: str = "uniform:0.2,0.8"  # fixed:S | uniform:LO,HI | lognormal:MEAN,SIGMA | S
-    seed: int = 0
+    seed: int = Field(default=0, ge=-(2**63), le=2**63 - 1)
 
     @field_validator("latency")
     @classmethod
@@ -96,13 +98,13 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class WebhookSpec(BaseModel):
+class WebhookSpec(SettingsModel):
     """Webhooks (``wait: webhook``, ``run --detach``): where fal posts results and how they
     are checked. ``public_url`` is what fal posts to (https, through a reverse proxy or tunnel
     to ``listen``); with ``queue: local`` it defaults to the receiver's own address.
     ``safety_net``: at least this many seconds without a webhook before an item is polled."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     public_url: str | None = None
     listen: str = "127.0.0.1:0"
@@ -134,18 +136,19 @@ class WebhookSpec(BaseModel):
         return parse_listen(self.listen)[1]
 
 
-class FalSpec(BaseModel):
+class FalSpec(SettingsModel):
     """fal's platform settings (fal.ai/docs/documentation/model-apis/common-parameters): each
     unset one is fal's default. ``start_timeout`` and ``priority`` (top level) are the
     ``X-Fal-Request-Timeout`` and ``X-Fal-Queue-Priority`` headers."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     runner_hint: str | None = None  # X-Fal-Runner-Hint: route to a runner with this hint
     no_retry: bool = False  # X-Fal-No-Retry: fal does not retry a failed runner itself
     store_io: bool = True  # False: X-Fal-Store-IO: 0 (fal keeps no request payloads)
     media_expiration: float | None = Field(default=None, gt=0)  # seconds; output media life
-    max_queue_length: int | None = Field(default=None, ge=1)  # fal_max_queue_length (429 past)
+    # fal_max_queue_length (429 past it)
+    max_queue_length: int | None = Field(default=None, ge=1, le=2**63 - 1)
     ca_bundle: str | None = None  # CA file for https; default: the system's (SSL_CERT_FILE)
     # fal's Platform API (prices). Unset: fal's own when the queue is fal's, the simulator's
     # for `queue: local`, none for another queue URL (a proxy or a test server).

@@ -37,6 +37,13 @@ directory of the run, i.e. the project root when the tool is run from there, as 
 Makefile do. (Image paths in ``defaults``, once local files are supported, are relative to the
 job file's folder too.)
 
+Safety. The manifest of a job file (`load_job`) or run directly (`JobSpec.for_manifest`) must
+exist (a missing one is ``manifest: file not found: …``, not a crash when a run opens it; a
+spec built directly may name one still to be written), and the output folder may not be one
+whose files a run would destroy or pollute: see `batch.job.paths` (``output: / is the root
+folder``). Numbers are finite and bounded (`allow_inf_nan` off; counts have a ceiling),
+``max_megapixels`` at most 200.
+
 Errors: `load_job` raises `JobError` listing every problem as ``file:line: field: reason``
 (``jobs/x.yaml:3: retries.attempts: Input should be greater than or equal to 1``);
 `JobSpec.for_manifest` and `JobSpec.with_overrides` list them as ``field: reason``.
@@ -52,9 +59,9 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -63,6 +70,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from batch.fal import DEFAULT_QUEUE_URL, DEFAULT_REST_URL
+from batch.job.paths import absolute, drop_value, output_problem
 from batch.job.settings import (
     _URL_RE,
     FalSpec,
@@ -88,10 +96,13 @@ from batch.manifest import (
     duplicate_keys,
     find_line,
     format_loc,
+    invalid_values,
     line_of,
     validate_id,
     validation_problems,
 )
+from batch.manifest.localfiles import MAX_MEGAPIXELS_LIMIT, default_files, local_sha
+from batch.manifest.pricing import SettingsModel
 from batch.outputs import validate_template
 from batch.schema import DEFAULT_ENDPOINT
 
@@ -100,19 +111,26 @@ LOCAL_QUEUE = "local"
 WaitMode = Literal["poll", "stream", "webhook"]
 
 _ENDPOINT_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")
+INT64_MAX = 2**63 - 1
+# Ceilings far above any account's limits, so that a typo (concurrency: 80000000) is an error,
+# not a run that opens that many connections.
+MAX_CONCURRENCY = 10_000
+MAX_QUEUE_AHEAD = 100_000
+MAX_UPLOAD_CONCURRENCY = 1_000
 
 
-class JobSpec(BaseModel):
+class JobSpec(SettingsModel):
     """The settings of one run (see the module docstring for each field)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     manifest: Path
     name: str = ""  # set by _resolve_paths (from the manifest's or job file's stem)
     endpoint: str = DEFAULT_ENDPOINT
     queue: str = DEFAULT_QUEUE_URL
-    concurrency: int = Field(default=8, ge=1)
-    queue_ahead: int | None = Field(default=None, ge=0)  # None: as many as `concurrency`
+    concurrency: int = Field(default=8, ge=1, le=MAX_CONCURRENCY)
+    # None: as many as `concurrency`
+    queue_ahead: int | None = Field(default=None, ge=0, le=MAX_QUEUE_AHEAD)
     rate: float | None = Field(default=None, gt=0)  # None: no ceiling; AIMD on 429s
     wait: WaitMode = "poll"
     retries: RetrySpec = RetrySpec()
@@ -125,14 +143,23 @@ class JobSpec(BaseModel):
     sim: SimSpec = SimSpec()
     rest_url: str = DEFAULT_REST_URL
     inputs: Literal["upload", "data-uri"] = "upload"
-    upload_concurrency: int = Field(default=4, ge=1)
+    upload_concurrency: int = Field(default=4, ge=1, le=MAX_UPLOAD_CONCURRENCY)
     upload_max_age: float = Field(default=24 * 3600.0, gt=0)
-    max_image_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1)
-    max_megapixels: float = Field(default=DEFAULT_MAX_MEGAPIXELS, gt=0)
+    max_image_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1, le=INT64_MAX)
+    max_megapixels: float = Field(default=DEFAULT_MAX_MEGAPIXELS, gt=0, le=MAX_MEGAPIXELS_LIMIT)
     webhook: WebhookSpec = WebhookSpec()
     fal: FalSpec = FalSpec()
     price: PriceSpec | None = None
     budget: BudgetSpec | None = None
+    _job_dir: Path | None = PrivateAttr(default=None)  # the job file's folder, if any
+
+    def __eq__(self, other: object) -> bool:
+        """Equal settings: where they were read from (``_job_dir``) does not count."""
+        if not isinstance(other, JobSpec):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # `defaults` is a dict: never hashable
 
     @model_validator(mode="before")
     @classmethod
@@ -148,17 +175,55 @@ class JobSpec(BaseModel):
         data = dict(data)
         context = info.context if isinstance(info.context, Mapping) else {}
         base_dir = Path(context.get("base_dir") or Path.cwd())
-        manifest = data.get("manifest")
-        if isinstance(manifest, str | os.PathLike) and str(manifest):
-            data["manifest"] = (base_dir / Path(manifest).expanduser()).resolve()
+        manifest = absolute(data.get("manifest"), base_dir)
+        if manifest is not None:
+            data["manifest"] = manifest
             if data.get("name") is None:
-                data["name"] = data["manifest"].stem
+                data["name"] = manifest.stem
         output = data.get("output")
         if output is None and isinstance(data.get("name"), str):
             output = Path("outputs") / data["name"]
-        if isinstance(output, str | os.PathLike) and str(output):
-            data["output"] = (Path.cwd() / Path(output).expanduser()).resolve()
+        output = absolute(output, Path.cwd())
+        if output is not None:
+            data["output"] = output
         return data
+
+    @model_validator(mode="after")
+    def _paths_usable(self, info: ValidationInfo) -> JobSpec:
+        """The manifest exists; the output folder is one a run may write (`output_problem`)."""
+        context = info.context if isinstance(info.context, Mapping) else {}
+        job_dir = context.get("job_dir")
+        self._job_dir = Path(job_dir) if job_dir is not None else None
+        problems: list[tuple[tuple[str, ...], str]] = []
+        if not self.manifest.is_absolute():  # _resolve_paths could not resolve it
+            problems.append((("manifest",), "not a usable file path"))
+        elif context.get("manifest_must_exist") and not self.manifest.is_file():
+            why = "file not found" if not self.manifest.exists() else "not a file"
+            problems.append((("manifest",), f"{why}: {display_path(self.manifest)}"))
+        if not self.output.is_absolute():
+            problems.append((("output",), "not a usable folder path"))
+        else:
+            unsafe = output_problem(self.output, self._input_folders())
+            if unsafe is not None:
+                problems.append((("output",), unsafe))
+        if problems:
+            detail = "; ".join(f"{format_loc(loc)}: {why}" for loc, why in problems)
+            raise PydanticCustomError(
+                NESTED_ERROR, "{detail}", {"detail": detail, "problems": problems}
+            )
+        return self
+
+    def _input_folders(self) -> list[tuple[str, Path]]:
+        """(what, folder) of the job's local inputs: the output folder may not hold them."""
+        folders = [("the manifest's folder", self.manifest.parent)]
+        if self._job_dir is not None:
+            folders.append(("the job file's folder", self._job_dir.resolve()))
+        for ref in self.defaults.get("image_urls") or ():
+            sha: str | None = local_sha(ref) if isinstance(ref, str) else None
+            file = default_files().lookup(sha) if sha is not None else None
+            if file is not None:
+                folders.append((f"the folder of {file.file_name}", Path(file.path).parent))
+        return folders
 
     @model_validator(mode="after")
     def _webhook_reachable(self) -> JobSpec:
@@ -257,7 +322,8 @@ class JobSpec(BaseModel):
         current directory.
         """
         data = {k: v for k, v in overrides.items() if v is not None}
-        return _validated({**data, "manifest": manifest_path}, context=None)
+        context = {"manifest_must_exist": True}
+        return _validated({**data, "manifest": manifest_path}, context=context)
 
     def with_overrides(self, **overrides: Any) -> JobSpec:
         """A validated copy with the non-None ``overrides`` applied (CLI flags).
@@ -278,10 +344,10 @@ class JobSpec(BaseModel):
         default_output = (Path.cwd() / "outputs" / self.name).resolve()
         if "name" in updates and "output" not in updates and self.output == default_output:
             del data["output"]
-        return _validated(data, context=None)
+        return _validated(data, context={"job_dir": self._job_dir})
 
 
-def _validated(data: Mapping[str, Any], *, context: Mapping[str, Any] | None) -> JobSpec:
+def _validated(data: Mapping[str, Any], *, context: Mapping[str, Any]) -> JobSpec:
     try:
         return JobSpec.model_validate(data, context=context)
     except ValidationError as exc:
@@ -304,12 +370,18 @@ def load_job(path: str | os.PathLike[str]) -> JobSpec:
         raise JobError([f"{name}:{line_of(root)}: expected a mapping of settings"])
     problems: list[tuple[int, str]] = []
     if isinstance(root, yaml.MappingNode):
-        problems = [(line, f"{key}: duplicate key") for key, line in duplicate_keys(root)]
+        dups = duplicate_keys(root)
+        problems = [(line, f"{format_loc(loc)}: duplicate key") for loc, line in dups]
     data = dict(data)
+    for loc, why in invalid_values(data):  # a 5000-digit number, .nan: refused at its key
+        problems.append((1 if root is None else find_line(root, loc), f"{format_loc(loc)}: {why}"))
+        drop_value(data, loc)
     data.setdefault("name", job.stem)
     spec = None
+    job_dir = job.resolve().parent
     try:
-        spec = JobSpec.model_validate(data, context={"base_dir": job.resolve().parent})
+        context = {"base_dir": job_dir, "job_dir": job_dir, "manifest_must_exist": True}
+        spec = JobSpec.model_validate(data, context=context)
     except ValidationError as exc:
         for loc, why in validation_problems(exc):
             line = 1 if root is None else find_line(root, loc)

@@ -10,7 +10,11 @@
       runs.py        LedgerRuns: the runs table and meta settings
       group.py       group commit of the event loop's frequent transitions
       checkpoint.py  WAL checkpoints in a thread, off the event loop
-      export.py      results.csv / results.jsonl, derived and written atomically
+      export.py      results.csv / results.jsonl, derived and written atomically (cells a
+                     spreadsheet would run as formulas neutralised in the CSV)
+      faults.py      a missing, damaged or read-only ledger, a full disk: errors that say what
+                     to do (SQLite's errors mapped to them)
+      doctor.py      `firered-batch doctor`: the ledger and the outputs checked, what to do
       tx.py          the one way to write: a transaction under the ledger's lock
       uploads.py     local input files read and the upload cache
 
@@ -20,6 +24,12 @@ settings with credential-like names are redacted as a second guard (DESIGN invar
 """
 
 from batch.ledger.export import CSV_NAME, JSONL_NAME, ExportPaths, export_results
+from batch.ledger.faults import (
+    LedgerDamagedError,
+    LedgerMissingError,
+    check_ledger_present,
+    sqlite_fault,
+)
 from batch.ledger.migrations import MIGRATIONS, migration
 from batch.ledger.models import (
     Conflict,
@@ -53,12 +63,16 @@ __all__ = [
     "ItemRow",
     "ItemState",
     "Ledger",
+    "LedgerDamagedError",
     "LedgerError",
+    "LedgerMissingError",
     "PlanResult",
     "UnknownItemError",
     "canonical_json",
+    "check_ledger_present",
     "export_results",
     "migration",
     "redact",
     "request_hash",
+    "sqlite_fault",
 ]

@@ -4,6 +4,10 @@ One row per item, in key order, streamed from a single read of `items LEFT JOIN 
 consistent snapshot, never the whole table in memory) into two files written atomically.
 fal's error type and billable units (`X-Fal-Error-Type`, `X-Fal-Billable-Units`) are the last
 columns, so the earlier ones keep their places.
+
+results.csv is made safe to open in a spreadsheet (OWASP's CSV injection guidance): a text cell
+that starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading single quote, so
+it is shown as text, never run as a formula. results.jsonl keeps every value exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.outputs.durable import atomic_writer
+from batch.outputs.faults import host_faults
 
 CSV_NAME = "results.csv"
 JSONL_NAME = "results.jsonl"
@@ -44,6 +49,8 @@ FIELDS = (
     "billable_units",
 )
 _LISTS = ("paths", "sha256s", "widths", "heights")
+# A spreadsheet takes a cell starting with one of these as a formula (OWASP: CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder for every line, not one per call
 _SQL = """
     SELECT i.key, i.source, i.endpoint, i.state, i.attempts, i.request_id, i.error_kind,
@@ -103,12 +110,21 @@ def _records(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
         }
 
 
+def neutralise(cell: str) -> str:
+    """A text cell a spreadsheet will not run as a formula: a single quote before a leading
+    `=`, `+`, `-`, `@`, tab or carriage return (OWASP's CSV injection guidance)."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
 def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
     row = dict(record)
     for name in _LISTS:
         row[name] = "|".join("" if v is None else str(v) for v in record[name])
     for name in ("possible_duplicate", "in_manifest"):
         row[name] = "true" if record[name] else "false"
+    for name, value in row.items():  # text only: numbers (a negative seed) stay numbers
+        if isinstance(value, str):
+            row[name] = neutralise(value)
     return row
 
 
@@ -117,7 +133,8 @@ def export_results(db_path: Path, dest_dir: Path) -> ExportPaths:
 
     Uses its own connection, so it may run in a thread while the ledger is being written.
     """
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    with host_faults(dest_dir, action="create"):
+        dest_dir.mkdir(parents=True, exist_ok=True)
     paths = ExportPaths(dest_dir / CSV_NAME, dest_dir / JSONL_NAME)
     conn = sqlite3.connect(db_path, isolation_level=None)
     try:

@@ -11,14 +11,21 @@ at fal ahead of their slots (`queue_ahead`) absorb.
 The caller does nothing else for its item until its transition is committed, so invariant 2 (a
 request id is committed before anything else is awaited) holds as before: a crash before the
 commit loses only what a crash between the answer and a lone commit would.
+
+Each transition runs in a SAVEPOINT of its own inside the group's transaction: one that raises
+anything (a refused transition, an OverflowError from a huge number, an IntegrityError) is
+rolled back to its savepoint and fails only its own caller; the others are committed. Only when
+the database itself fails — the COMMIT, or an error after which SQLite rolled the whole
+transaction back (a full disk) — does every caller of the group get the error, and nothing of
+it is committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 
-from batch.ledger.models import LedgerError
 from batch.ledger.store import Ledger
 
 WINDOW = 0.01  # seconds a transition may wait for others to join its transaction
@@ -67,14 +74,9 @@ class GroupCommit:
         queued, self._queued = self._queued, []
         outcomes: list[Exception | None] = []
         try:
-            with self.ledger.group():
+            with self.ledger.group() as conn:
                 for transition, _ in queued:
-                    try:
-                        transition()
-                    except (LedgerError, ValueError) as exc:  # wrote nothing: go on
-                        outcomes.append(exc)
-                    else:
-                        outcomes.append(None)
+                    outcomes.append(_in_savepoint(conn, transition))
         except Exception as exc:  # the database failed: nothing of the group is committed
             for _, done in queued:
                 if not done.done():
@@ -89,6 +91,23 @@ class GroupCommit:
                 done.set_result(None)
             else:
                 done.set_exception(outcome)
+
+
+def _in_savepoint(conn: sqlite3.Connection, transition: Callable[[], None]) -> Exception | None:
+    """Run one transition in a savepoint of the group's transaction: None when it succeeded,
+    else what it raised, its changes rolled back. Raises when the group's transaction itself
+    is gone (SQLite rolls back the whole transaction after some errors, such as a full disk)."""
+    conn.execute("SAVEPOINT item")
+    try:
+        transition()
+    except Exception as exc:
+        if not conn.in_transaction:
+            raise  # nothing of the group is left to commit: every caller learns why
+        conn.execute("ROLLBACK TO item")
+        conn.execute("RELEASE item")
+        return exc
+    conn.execute("RELEASE item")
+    return None
 
 
 def _observed(done: asyncio.Future[None]) -> None:

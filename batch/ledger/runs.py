@@ -60,6 +60,13 @@ class LedgerRuns:
             data[name] = None if data[name] is None else json.loads(data[name])
         return data
 
+    def last_run(self) -> dict[str, Any] | None:
+        """The latest run's row (as `run`), or None before the first run; its settings say
+        which job the ledger belongs to (name, endpoint, price) when only the folder is known."""
+        with self._lock:
+            (run_id,) = self._conn.execute("SELECT max(id) FROM runs").fetchone()
+        return None if run_id is None else self.run(int(run_id))
+
     def get_meta(self, name: str) -> str | None:
         with self._lock:
             row = self._conn.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()

@@ -5,6 +5,11 @@ request ids and URLs, error kinds and messages, output records, and run settings
 reads the environment or a key. Callers must not pass secrets in; as a second guard, run
 settings whose names look like credentials (`api_key`, `token`, `secret`, `password`, …) are
 stored as "<redacted>" (DESIGN invariant 6).
+
+Opening refuses a ledger that is damaged (`LedgerDamagedError`) or cannot be written
+(`NotWritableError`); a full disk is `DiskFullError` (`batch.ledger.faults`). With
+`create=False` a folder without a ledger is refused too (`LedgerMissingError`); a run is refused
+a folder whose ledger is gone beside an earlier run's outputs by `run_lock`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Literal
 from batch.ledger.checkpoint import INTERVAL as CHECKPOINT_INTERVAL
 from batch.ledger.checkpoint import Checkpointer, background_checkpoints
 from batch.ledger.export import ExportPaths, export_results
+from batch.ledger.faults import LEDGER_NAME, check_ledger_present, check_writable, ledger_faults
 from batch.ledger.migrations import applied_migrations, migrate
 from batch.ledger.models import ItemLike, PlanResult
 from batch.ledger.plan import Hasher, plan_items
@@ -30,8 +36,9 @@ from batch.ledger.transitions import REATTACH_KINDS as REATTACH_KINDS
 from batch.ledger.transitions import LedgerTransitions
 from batch.ledger.tx import transaction
 from batch.ledger.uploads import UploadCache
+from batch.outputs.faults import host_faults
 
-LEDGER_FILE = "ledger.sqlite"
+LEDGER_FILE = LEDGER_NAME
 
 
 class Ledger(LedgerTransitions, LedgerReads, LedgerRuns):
@@ -60,6 +67,7 @@ class Ledger(LedgerTransitions, LedgerReads, LedgerRuns):
         cls,
         output_dir: Path | str,
         *,
+        create: bool = True,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         busy_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
@@ -67,23 +75,34 @@ class Ledger(LedgerTransitions, LedgerReads, LedgerRuns):
         """Open (creating the folder and database if needed) and migrate the ledger.
 
         WAL mode; `synchronous="NORMAL"` survives a process crash, `"FULL"` a power loss too.
+
+        `create=False`: a ledger must be there — `LedgerMissingError` (before anything is
+        written) when it is missing or empty. (A run checks more, under its lock: `run_lock`
+        refuses a folder with an earlier run's outputs and no ledger.) A ledger that cannot be
+        written raises `NotWritableError`, a damaged one `LedgerDamagedError`, a full disk
+        `DiskFullError`.
         """
         folder = Path(output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
+        if not create:
+            check_ledger_present(folder, create=False)
+        with host_faults(folder, action="create"):
+            folder.mkdir(parents=True, exist_ok=True)
         path = folder / LEDGER_FILE
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.OperationalError(f"cannot use WAL mode for {path} (got {mode})")
-            conn.execute(f"PRAGMA synchronous = {synchronous}")
-            conn.execute("PRAGMA foreign_keys = ON")
-            migrate(conn)
-        except BaseException:
-            conn.close()
-            raise
+        check_writable(path)
+        with ledger_faults(path):
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            try:
+                conn.row_factory = sqlite3.Row
+                conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise sqlite3.OperationalError(f"cannot use WAL mode for {path} (got {mode})")
+                conn.execute(f"PRAGMA synchronous = {synchronous}")
+                conn.execute("PRAGMA foreign_keys = ON")
+                migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
         return cls(conn, path, clock=clock)
 
     @property
@@ -108,7 +127,7 @@ class Ledger(LedgerTransitions, LedgerReads, LedgerRuns):
     @property
     def uploads(self) -> UploadCache:
         """Local input files and the upload cache (`batch.ledger.uploads`)."""
-        return UploadCache(self._conn, self._lock, self._clock)
+        return UploadCache(self._conn, self._lock, self._clock, self.path)
 
     def applied_migrations(self) -> list[str]:
         with self._lock:
@@ -125,8 +144,9 @@ class Ledger(LedgerTransitions, LedgerReads, LedgerRuns):
         """One transaction for many changes: the transitions called inside it are part of it
         and are committed (or rolled back) together at its end. A transition that raises a
         `LedgerError` or `ValueError` has written nothing (its checks come before its writes,
-        and its UPDATE matched no row), so the group may go on without it."""
-        return transaction(self._conn, self._lock)
+        and its UPDATE matched no row); `GroupCommit` runs each in a savepoint of its own, so
+        one that raises anything leaves the others' changes in the group."""
+        return transaction(self._conn, self._lock, self.path)
 
     _tx = group  # each transition's own transaction, which joins a group's when inside one
 
@@ -156,20 +176,22 @@ class Ledger(LedgerTransitions, LedgerReads, LedgerRuns):
         canonical `{"endpoint", "payload"}` JSON. An item that carries `request_json` and
         `request_hash` (as `batch.manifest.EditItem` does) is stored with those, as they are.
         """
-        return plan_items(
-            self._conn,
-            items,
-            hasher=hasher,
-            redo_changed=redo_changed,
-            now=self._clock(),
-            run_id=self.run_id,
-            conflict_limit=conflict_limit,
-            lock=self._lock,
-        )
+        with ledger_faults(self.path):
+            return plan_items(
+                self._conn,
+                items,
+                hasher=hasher,
+                redo_changed=redo_changed,
+                now=self._clock(),
+                run_id=self.run_id,
+                conflict_limit=conflict_limit,
+                lock=self._lock,
+            )
 
     # --- exports ---------------------------------------------------------------------------
 
     def export(self, output_dir: Path | None = None) -> ExportPaths:
         """Write results.csv and results.jsonl (to the ledger's folder by default), atomically
         and streaming, from one consistent snapshot read through a separate connection."""
-        return export_results(self.path, self.output_dir if output_dir is None else output_dir)
+        with ledger_faults(self.path):
+            return export_results(self.path, self.output_dir if output_dir is None else output_dir)

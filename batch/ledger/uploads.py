@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 
 from batch.ledger.tx import transaction
 from batch.manifest.localfiles import LocalFile
@@ -39,14 +40,19 @@ class UploadCache:
     """Reads and short writes on the two tables, serialised by the ledger's lock."""
 
     def __init__(
-        self, conn: sqlite3.Connection, lock: threading.RLock, clock: Callable[[], float]
+        self,
+        conn: sqlite3.Connection,
+        lock: threading.RLock,
+        clock: Callable[[], float],
+        path: Path | None = None,
     ) -> None:
         self._conn = conn
         self._lock = lock
         self._clock = clock
+        self._path = path  # the ledger's file, for messages
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(self._conn, self._lock)
+        return transaction(self._conn, self._lock, self._path)
 
     # --- local files ---------------------------------------------------------------------
 

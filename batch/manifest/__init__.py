@@ -15,6 +15,14 @@ row's own fields (later wins), validated by `batch.schema.EditInput`.
 Most valid rows go from their fields to their payload and its canonical JSON by a shortcut that
 gives what the model gives, in a fraction of the time (`batch.manifest.payload`).
 
+Hostile input is an input error with its line, never a crash or a run: values are bounded as
+the ledger stores them and fal takes them (`batch.schema`), text is checked for control
+characters and lone surrogates, integers Python cannot convert and non-finite numbers are
+reported at their field, nesting deeper than `MAX_DEPTH` and keys given twice are refused
+(`batch.manifest.readers`, `batch.manifest.yamlfile`), an empty file or a CSV header without
+rows is an error; local images are refused on their headers (`batch.manifest.imagecheck`) and
+globs never loop (`batch.manifest.globwalk`).
+
 An item's key is its ``id`` if given, else ``h`` + 20 hex digits of `request_hash`. Identical
 rows collapse into one item with a warning; two different requests with the same ``id`` are an
 error.
@@ -29,6 +37,8 @@ from batch.manifest.errors import (
     ManifestError,
     display_path,
     format_loc,
+    invalid_values,
+    printable,
     validation_problems,
 )
 from batch.manifest.fields import ImageRefError, check_fields, resolve_image_ref, validate_id
@@ -75,9 +85,11 @@ __all__ = [
     "duplicate_keys",
     "find_line",
     "format_loc",
+    "invalid_values",
     "iter_items",
     "line_of",
     "load",
+    "printable",
     "request_hash",
     "resolve_image_ref",
     "scan",

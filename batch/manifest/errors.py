@@ -27,6 +27,29 @@ from batch.errors import InvalidInputError
 Loc = tuple[str | int, ...]
 FieldProblem = tuple[Loc, str]  # (field path, reason): a problem not yet placed in a file
 
+# How deep a row's values may nest (JSON arrays and objects, YAML collections; a YAML file's own
+# root mapping and lists count too). A valid row needs 3 (a YAML manifest's matrix image set 5):
+# deeper input is refused before it is parsed further, instead of recursing without end.
+MAX_DEPTH = 10
+MAX_MESSAGE_CHARS = 1000  # a message line longer than this is cut (a huge key or path in it)
+
+
+def printable(text: str) -> str:
+    """A message as it can be shown on any terminal: control characters, lone surrogates and
+    other characters that are not printable escaped (``\\x1b``, ``\\ud800``), cut to
+    `MAX_MESSAGE_CHARS`. User input (a key, a path) goes into messages as it is written."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[:MAX_MESSAGE_CHARS] + "…"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 # A custom pydantic error of this type carries a list of FieldProblem in ctx["problems"]; it is
 # expanded into one problem per entry, below the error's own loc (job `defaults:` uses it).
 NESTED_ERROR = "nested_fields"
@@ -66,7 +89,7 @@ class Problem:
     def format(self, name: str) -> str:
         where = name if self.line is None else f"{name}:{self.line}"
         field = format_loc(self.loc)
-        return f"{where}: {field}: {self.reason}" if field else f"{where}: {self.reason}"
+        return printable(f"{where}: {field}: {self.reason}" if field else f"{where}: {self.reason}")
 
 
 def _is_union_tag(part: str | int) -> bool:
@@ -89,6 +112,8 @@ def validation_problems(exc: ValidationError) -> list[FieldProblem]:
     out: list[FieldProblem] = []
     for err in exc.errors(include_url=False):
         loc: Loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
+        if err["type"] == "extra_forbidden" and err["loc"] and loc[-1:] != err["loc"][-1:]:
+            loc += (err["loc"][-1],)  # an unknown key is never a union tag (`my field`)
         if err["type"] == NESTED_ERROR:
             pairs: Iterable[FieldProblem] = [
                 (loc + sub, why) for sub, why in err["ctx"]["problems"]
@@ -108,8 +133,8 @@ class ManifestError(InvalidInputError):
     def __init__(
         self, errors: Sequence[str], warnings: Sequence[str] = (), *, omitted: int = 0
     ) -> None:
-        self.errors = list(errors)
-        self.warnings = list(warnings)
+        self.errors = [printable(e) for e in errors]
+        self.warnings = [printable(w) for w in warnings]
         self.omitted = omitted
         super().__init__(str(self))
 
@@ -139,3 +164,41 @@ class Messages:
 
     def __len__(self) -> int:
         return len(self.kept) + self.omitted
+
+
+class InvalidValue:
+    """A value the file holds but Python cannot (a 5,000-digit integer, ``NaN``), kept in its
+    place so that the problem is reported at its field: ``reason`` is the message."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"InvalidValue({self.reason!r})"
+
+
+NOT_FINITE = "Input should be a finite number"
+
+
+def too_many_digits(digits: int) -> InvalidValue:
+    return InvalidValue(f"number too large ({digits} digits)")
+
+
+def invalid_values(value: Any, loc: Loc = ()) -> list[FieldProblem]:
+    """Every `InvalidValue` in a parsed value (dicts and lists, walked without recursion, each
+    shared object once), as (field path, reason)."""
+    problems: list[FieldProblem] = []
+    seen: set[int] = set()
+    stack: list[tuple[Loc, Any]] = [(loc, value)]
+    while stack:
+        where, current = stack.pop()
+        if isinstance(current, InvalidValue):
+            problems.append((where, current.reason))
+        elif isinstance(current, dict | list) and id(current) not in seen:
+            seen.add(id(current))
+            pairs = current.items() if isinstance(current, dict) else enumerate(current)
+            stack.extend(((*where, k if isinstance(k, int) else str(k)), v) for k, v in pairs)
+    problems.sort(key=lambda p: [str(part) for part in p[0]])
+    return problems

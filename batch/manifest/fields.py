@@ -5,7 +5,13 @@
   entry means (URL, data URI, local file, folder or glob → ``local:sha256:<hex>``);
 - ``image_size`` is a preset name, ``WIDTHxHEIGHT`` (``1024x768``), or a mapping
   ``{width, height}`` (in a CSV cell: a JSON object);
-- an ``id`` follows `validate_id`.
+- an ``id`` follows `validate_id`;
+- text is checked before pydantic sees it (`value_problems`): no lone surrogates anywhere (UTF-8
+  cannot hold them, so they could be neither hashed nor sent), no control characters in the
+  prompts but tab, CR and LF, no booleans for numbers (pydantic would take ``true`` as 1), and
+  an `InvalidValue` a reader left in place is reported at its field;
+- an image entry is at most `MAX_URL_CHARS` (a URL), `MAX_DATA_URI_CHARS` (a ``data:`` URI) or
+  `MAX_PATH_CHARS` (a path) characters long.
 """
 
 from __future__ import annotations
@@ -13,11 +19,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 
-from batch.manifest.errors import FieldProblem, validation_problems
+from batch.manifest.errors import FieldProblem, InvalidValue, invalid_values, validation_problems
 from batch.manifest.localfiles import (
     LocalFileError,
     LocalFiles,
@@ -32,10 +38,19 @@ IMAGE_FIELD = "image_urls"
 IMAGE_ALIASES = ("image_url", "images")
 LOCAL_IMAGE_FIELD = "image"  # where problems with local files are reported
 ID_MAX_LENGTH = 128
+# Image entries: fal fetches a URL itself, and servers commonly refuse URLs past 8 KiB; a data:
+# URI goes in the request body (and the ledger), so one image's worth, at most max_image_bytes'
+# default in base64; a path is at most PATH_MAX on Linux.
+MAX_URL_CHARS = 8192
+MAX_DATA_URI_CHARS = 72 * 1024 * 1024
+MAX_PATH_CHARS = 4096
+TEXT_FIELDS = frozenset({"prompt", "negative_prompt"})  # free text: tab, CR and LF allowed
 
 _HTTP_RE = re.compile(r"https?://[^\s/?#]+(?:[/?#]\S*)?", re.IGNORECASE)
 _SCHEME_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*:")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")
+_TEXT_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 # Entries that _classify certainly calls a URL (no spaces around, no control characters): the
 # common case, in one match. `_HTTP_RE`, spelled for speed: no IGNORECASE, and "a host, then
 # maybe [/?#] and more" is "one character that is not [/?#], then more". Control characters
@@ -99,14 +114,21 @@ def _classify(ref: str) -> tuple[str, str]:
     """(stripped entry, kind): kind is ``url``, ``data``, ``local`` (a registered reference) or
     ``path``; `ImageRefError` when it is none of them."""
     text = ref.strip()
-    if not text or _CONTROL_RE.search(text):
+    if len(text) > MAX_PATH_CHARS and text[:5].lower() not in ("data:", "http:", "https"):
+        raise ImageRefError(f"not a valid file path (longer than {MAX_PATH_CHARS} characters)")
+    if not text or CONTROL_RE.search(text):
         raise ImageRefError("not a valid URL or file path")
     if _HTTP_RE.fullmatch(text):
+        if len(text) > MAX_URL_CHARS:
+            raise ImageRefError(f"URL longer than {MAX_URL_CHARS} characters")
         return text, "url"
     scheme = text.split(":", 1)[0].lower() if _SCHEME_RE.match(text) else ""
     if scheme == "data":
         if "," not in text:
             raise ImageRefError("not a valid data URI")
+        if len(text) > MAX_DATA_URI_CHARS:
+            why = f"data URI longer than {MAX_DATA_URI_CHARS // (1024 * 1024)} Mi characters"
+            raise ImageRefError(why)
         return text, "data"
     if scheme == "local":
         return text, "local"
@@ -133,6 +155,8 @@ def validate_id(value: object) -> str:
         raise ValueError(f"must be at most {ID_MAX_LENGTH} characters")
     if "/" in text or "\\" in text or "\0" in text:
         raise ValueError("must not contain '/', '\\' or NUL")
+    if CONTROL_RE.search(text):
+        raise ValueError("must not contain control characters or lone surrogates")
     if text in (".", ".."):
         raise ValueError("must not be '.' or '..'")
     return text
@@ -147,17 +171,22 @@ def normalize_image_size(value: Any) -> tuple[Any, list[FieldProblem]]:
         if text in _PRESETS:
             return text, []
         match = _SIZE_RE.fullmatch(text)
-        if match:
-            value = {"width": int(match[1]), "height": int(match[2])}
-        else:
+        if not match:
             return value, [(("image_size",), _SIZE_HINT)]
-    if isinstance(value, Mapping):
-        try:
-            ImageSize.model_validate(value)
-        except ValidationError as exc:
-            return value, [(("image_size", *loc), why) for loc, why in validation_problems(exc)]
-        return dict(value), []
-    return value, [(("image_size",), _SIZE_HINT)]
+        width, height = match[1], match[2]
+        if len(width) > 12 or len(height) > 12:  # past what int() may convert: over the limit
+            width, height = (t.lstrip("0")[:13] or "0" for t in (width, height))
+        value = {"width": int(width), "height": int(height)}
+    elif not isinstance(value, Mapping):
+        return value, [(("image_size",), _SIZE_HINT)]
+    elif bool in map(type, value.values()):  # pydantic would take true as 1
+        bools = [k for k, v in value.items() if type(v) is bool]
+        return value, [(("image_size", str(k)), _NOT_BOOL) for k in bools]
+    try:
+        ImageSize.model_validate(value)
+    except ValidationError as exc:
+        return value, [(("image_size", *loc), why) for loc, why in validation_problems(exc)]
+    return dict(value), []
 
 
 def _apply_aliases(fields: dict[str, Any], problems: list[FieldProblem]) -> None:
@@ -176,7 +205,12 @@ def _resolve_images(
     refs: list[Any], base_dir: Path, files: LocalFiles | None, problems: list[FieldProblem]
 ) -> list[Any]:
     for ref in refs:
-        if not (isinstance(ref, str) and ref.isprintable() and _PLAIN_URL_RE.fullmatch(ref)):
+        if not (
+            isinstance(ref, str)
+            and len(ref) <= MAX_URL_CHARS
+            and ref.isprintable()
+            and _PLAIN_URL_RE.fullmatch(ref)
+        ):
             break
     else:
         return refs  # URLs only, the common case: what resolve_image_ref gives for each
@@ -212,7 +246,10 @@ def normalize_in_place(
     fields: dict[str, Any], base_dir: Path, files: LocalFiles | None = None
 ) -> list[FieldProblem]:
     """`normalize_fields` on a dict of the caller's, changed in place; returns the problems."""
-    problems: list[FieldProblem] = []
+    problems = value_problems(fields)
+    if problems:
+        for name in faulty_fields(problems):
+            fields.pop(name, None)  # type: ignore[arg-type]
     if "image_url" in fields or "images" in fields:
         _apply_aliases(fields, problems)
     images = fields.get(IMAGE_FIELD)
@@ -222,6 +259,75 @@ def normalize_in_place(
         fields["image_size"], size_problems = normalize_image_size(fields["image_size"])
         problems.extend(size_problems)
     return problems
+
+
+def _mentions_number(annotation: Any) -> bool:
+    if annotation in (int, float):
+        return True
+    return any(_mentions_number(arg) for arg in get_args(annotation))
+
+
+NUMBER_FIELDS = frozenset(
+    name for name, info in EditInput.model_fields.items() if _mentions_number(info.annotation)
+)
+_NOT_BOOL = "Input should be a number, not true or false"
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_PLAIN = frozenset({str, int})  # in a list or mapping: image URLs, a width and a height
+
+
+def value_problems(fields: Mapping[str, Any]) -> list[FieldProblem]:
+    """What pydantic would let through or misreport in a row's values (see the module
+    docstring): a field with a problem here is left out of the request. Run on every row: a
+    first pass looks for anything unusual (non-ASCII, control characters, a bool, a mapping,
+    a marker), and only a row that has some is looked at closely (`_value_problems`)."""
+    for name, value in fields.items():
+        if type(name) is not str or not name.isascii():
+            break
+        kind = type(value)
+        if kind is str:
+            if not (value.isascii() and value.isprintable()):
+                break
+        elif kind is list or kind is dict:
+            for item in value if kind is list else value.values():
+                if type(item) not in _PLAIN:
+                    return _value_problems(fields)
+        elif not (kind is int or kind is float or value is None):
+            break
+    else:
+        return []
+    return _value_problems(fields)
+
+
+def _value_problems(fields: Mapping[str, Any]) -> list[FieldProblem]:
+    problems: list[FieldProblem] = []
+    for name, value in fields.items():
+        if isinstance(name, str) and _SURROGATE_RE.search(name):
+            problems.append(((name,), "unknown field"))
+            continue
+        kind = type(value)
+        if kind is str:
+            pattern = _TEXT_CONTROL_RE if name in TEXT_FIELDS else _SURROGATE_RE
+            match = pattern.search(value)
+            if match is not None:
+                problems.append(((name,), bad_character(match[0], match.start())))
+        elif kind is bool:
+            if name in NUMBER_FIELDS:
+                problems.append(((name,), _NOT_BOOL))
+        elif kind is InvalidValue:
+            problems.append(((name,), value.reason))
+        elif kind is list or kind is dict:
+            items = value.values() if kind is dict else value
+            if not all(type(v) in _SCALARS for v in items):
+                problems.extend(invalid_values(value, (name,)))
+    return problems
+
+
+def bad_character(char: str, position: int) -> str:
+    code = ord(char)
+    what = "a lone surrogate" if 0xD800 <= code <= 0xDFFF else "a control character"
+    return f"{what} (U+{code:04X}) at character {position + 1} is not allowed"
 
 
 def faulty_fields(problems: list[FieldProblem]) -> set[str | int]:

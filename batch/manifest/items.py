@@ -60,7 +60,7 @@ def _shortcut() -> PayloadShortcut | None:
         "prompt": 'p "é" \\ \u2028 \x00 😀',
         "image_urls": ["https://x.test/a.png", "data:,x"],
         "image_size": {"width": "640", "height": 480},
-        "seed": 2**70,
+        "seed": 2**63 - 1,
         "num_images": 2.0,
         "sync_mode": "yes",
         "output_format": "jpeg",

@@ -13,17 +13,20 @@ the reference into a URL (an upload to fal's storage) just before the submit.
   no file is read twice, and finds them again by sha256. A check that fails raises
   `LocalFileError`, whose message names the file.
 
-What is checked: the file exists and is readable, is not empty, is at most
-`ImageLimits.max_bytes`, Pillow decodes it (JPEG at reduced scale, which still reads every
-byte), its format is one fal's image endpoints accept (`ACCEPTED_FORMATS`) and it has at most
-`ImageLimits.max_megapixels`.
+What is checked: the file exists, is a regular file and is readable, is not empty, is at most
+`ImageLimits.max_bytes`, its format is one fal's image endpoints accept (`ACCEPTED_FORMATS` in
+`batch.manifest.imagecheck`), its header says at most `ImageLimits.max_megapixels`, and
+Pillow decodes it (JPEG at reduced scale, which still reads every byte). The size is checked on
+the header, before any pixel is decoded: a small file that declares a huge image (a
+decompression bomb) is refused without allocating it (`inspect_image`).
+
+Globs never loop: ``**`` follows a symbolic link to a folder, but reads each real folder once
+(`batch.manifest.globwalk`).
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
-import io
 import os
 import re
 import stat
@@ -32,30 +35,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from batch.manifest.globwalk import glob_files
+from batch.manifest.imagecheck import MAX_MEGAPIXELS_LIMIT as MAX_MEGAPIXELS_LIMIT
+from batch.manifest.imagecheck import LocalFileError as LocalFileError
+from batch.manifest.imagecheck import inspect_image, too_many_pixels
+from batch.manifest.imagecheck import shown as shown
 
 LOCAL_PREFIX = "local:sha256:"
-# The types fal's image endpoints list as accepted (jpg, jpeg, png, webp, gif, avif).
-ACCEPTED_FORMATS: dict[str, str] = {
-    "JPEG": "image/jpeg",
-    "PNG": "image/png",
-    "WEBP": "image/webp",
-    "GIF": "image/gif",
-    "AVIF": "image/avif",
-}
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".avif"})
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_MEGAPIXELS = 50.0
 READ_THREADS = 8  # files read, hashed and decoded at a time when a folder or glob is expanded
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _GLOB_CHARS = frozenset("*?[")
-_FORMAT_NAMES = "JPEG, PNG, WebP, GIF or AVIF"
 
 StatKey = tuple[str, int, int, int]  # (absolute path, size, mtime_ns, ctime_ns)
-
-
-class LocalFileError(ValueError):
-    """A local image that cannot be used; ``str()`` is ``<path>: <reason>``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,15 +94,6 @@ def local_sha(ref: str) -> str | None:
     return None
 
 
-def shown(path: str | os.PathLike[str]) -> str:
-    """A path as messages show it: relative to the current directory when below it."""
-    text = os.fspath(path)
-    cwd = os.getcwd()
-    if text.startswith(cwd + os.sep):
-        return text[len(cwd) + 1 :]
-    return text
-
-
 def is_pattern(text: str) -> bool:
     return any(c in _GLOB_CHARS for c in text)
 
@@ -127,12 +112,7 @@ def expand(ref: str, base_dir: Path) -> tuple[list[str], bool]:
         return files, True
     if os.path.lexists(path) or not is_pattern(text):
         return [path], False
-    if os.path.isabs(text):
-        found = glob.glob(text, recursive=True)
-    else:
-        found = [
-            os.path.join(base_dir, m) for m in glob.glob(text, root_dir=base_dir, recursive=True)
-        ]
+    found = glob_files(text, os.fspath(base_dir))
     files = sorted(os.path.abspath(f) for f in found if _is_image_name(f) and os.path.isfile(f))
     if not files:
         raise LocalFileError(f"{ref}: no image files match this pattern")
@@ -201,7 +181,7 @@ class LocalFiles:
         if cached is None:
             if self._over_size(key):
                 raise LocalFileError(self._too_big(path, key[1]))
-            cached, opened = _load(key)
+            cached, opened = _load(key, self.limits)
             self.reads += opened
         self._by_stat[key] = cached
         if isinstance(cached, str):
@@ -227,7 +207,7 @@ class LocalFiles:
         size = max(1, min(64, len(todo) // (threads * 4)))  # few tasks: thread hand-offs cost
         batches = [todo[i : i + size] for i in range(0, len(todo), size)]
         with ThreadPoolExecutor(threads) as pool:
-            for batch in pool.map(_load_all, batches):
+            for batch in pool.map(_load_all, batches, [self.limits] * len(batches)):
                 for key, (result, opened) in batch:
                     self._by_stat[key] = result
                     self.reads += opened
@@ -247,11 +227,9 @@ class LocalFiles:
             return
         if file.size > self.limits.max_bytes:
             raise LocalFileError(self._too_big(file.path, file.size))
-        megapixels = file.width * file.height / 1e6
-        if megapixels > self.limits.max_megapixels:
+        if file.width * file.height > self.limits.max_megapixels * 1e6:
             raise LocalFileError(
-                f"{shown(file.path)}: {file.width}×{file.height} is {megapixels:.1f} megapixels,"
-                f" over the limit of {self.limits.max_megapixels:g} (max_megapixels)"
+                too_many_pixels(file.path, file.width, file.height, self.limits.max_megapixels)
             )
 
     def _too_big(self, path: str, size: int) -> str:
@@ -274,57 +252,46 @@ def _stat_key(path: str) -> StatKey:
     return (path, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _load_all(keys: list[StatKey]) -> list[tuple[StatKey, tuple[LocalFile | str, bool]]]:
-    return [(key, _load(key)) for key in keys]
+def _load_all(
+    keys: list[StatKey], limits: ImageLimits | None
+) -> list[tuple[StatKey, tuple[LocalFile | str, bool]]]:
+    return [(key, _load(key, limits)) for key in keys]
 
 
-def _load(key: StatKey) -> tuple[LocalFile | str, bool]:
+def _read(path: str, max_bytes: int | None) -> bytes:
+    """The file's bytes, at most ``max_bytes + 1`` (it may have grown since it was stat'ed),
+    checked again to be a regular file once open."""
+    with open(path, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise LocalFileError(f"{shown(path)}: not a regular file")
+        return fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+
+
+def _load(key: StatKey, limits: ImageLimits | None = None) -> tuple[LocalFile | str, bool]:
     """Read, hash and check one file: its record or the problem, and whether it was opened.
     Safe to run in threads."""
     path = key[0]
+    max_bytes = None if limits is None else limits.max_bytes
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = _read(path, max_bytes)
+    except LocalFileError as exc:
+        return str(exc), False
     except OSError as exc:
         return f"{shown(path)}: cannot read ({exc.strerror})", False
     if not data:
         return f"{shown(path)}: file is empty", True
+    if max_bytes is not None and len(data) > max_bytes:  # it grew since it was stat'ed
+        return (
+            f"{shown(path)}: more than {_mib(max_bytes)}, over the limit (max_image_bytes)",
+            True,
+        )
+    megapixels = MAX_MEGAPIXELS_LIMIT if limits is None else limits.max_megapixels
     try:
-        content_type, width, height = inspect_image(data, path)
+        content_type, width, height = inspect_image(data, path, megapixels)
     except LocalFileError as exc:
         return str(exc), True
     sha = hashlib.sha256(data).hexdigest()
     return LocalFile(sha, path, len(data), key[2], key[3], content_type, width, height), True
-
-
-def inspect_image(data: bytes, path: str = "image") -> tuple[str, int, int]:
-    """(content type, width, height) of an accepted image that Pillow decodes.
-
-    The header is read first: a format fal does not take, or a size past Pillow's
-    decompression-bomb guard, is refused before any pixel is decoded. (Pillow warns, with
-    `DecompressionBombWarning`, of images over ~89 megapixels if the limit lets them through.)
-    """
-    try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError:
-        raise LocalFileError(f"{shown(path)}: too many pixels to decode safely") from None
-    except Exception:  # Pillow raises many types for bad data; all mean "not an image"
-        raise LocalFileError(f"{shown(path)}: not an image (Pillow cannot identify it)") from None
-    with image:
-        fmt = image.format or "?"
-        if fmt not in ACCEPTED_FORMATS:
-            raise LocalFileError(
-                f"{shown(path)}: {fmt} images are not accepted (fal takes {_FORMAT_NAMES})"
-            )
-        width, height = image.size
-        if fmt == "JPEG":
-            # Decoding at 1/8 scale still reads every byte, so truncation is still caught.
-            image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-        try:
-            image.load()
-        except Exception as exc:
-            raise LocalFileError(f"{shown(path)}: cannot decode ({exc})") from None
-    return ACCEPTED_FORMATS[fmt], width, height
 
 
 def _mib(size: int) -> str:

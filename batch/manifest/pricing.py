@@ -17,13 +17,17 @@ import base64
 import binascii
 import io
 import struct
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, get_args
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
+from batch.manifest.errors import NESTED_ERROR
+from batch.manifest.fields import CONTROL_RE, bad_character
 from batch.manifest.localfiles import local_sha
 from batch.schema import PRESET_PIXELS, ImageSizePreset
 
@@ -31,13 +35,57 @@ from batch.schema import PRESET_PIXELS, ImageSizePreset
 SizeLookup = Callable[[str], tuple[int, int] | None]
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_HEADER = 256  # characters of a data: URI before its comma
-_HEAD_CHARS = 1 << 16  # base64 characters decoded first to find an inline image's size
+# Base64 characters decoded to find an inline image's size: the first 64 Ki, then the first
+# 1 Mi (a JPEG's size may follow large metadata); never the whole of a large URI, never pixels.
+_HEAD_CHARS = (1 << 16, 1 << 20)
 
 
-class PriceSpec(BaseModel):
+def _mentions_number(annotation: Any) -> bool:
+    if annotation is int or annotation is float:
+        return True
+    return any(_mentions_number(arg) for arg in get_args(annotation))
+
+
+class SettingsModel(BaseModel):
+    """Settings written by people (job files): numbers must be numbers — pydantic would take
+    ``true`` for 1 — and finite (`allow_inf_nan` off in each subclass's config); text has no
+    control characters or lone surrogates (it becomes paths, URLs and HTTP headers)."""
+
+    _numbers: ClassVar[frozenset[str] | None] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_values(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        problems: list[tuple[tuple[str, ...], str]] = []
+        for key, value in data.items():
+            if type(value) is str and (found := CONTROL_RE.search(value)) is not None:
+                problems.append(((str(key),), bad_character(found[0], found.start())))
+            elif type(value) is bool and key in cls._number_fields():
+                problems.append(((str(key),), _NOT_BOOL))
+        if problems:
+            detail = "; ".join(f"{k[0]}: {why}" for k, why in problems)
+            raise PydanticCustomError(
+                NESTED_ERROR, "{detail}", {"detail": detail, "problems": problems}
+            )
+        return data
+
+    @classmethod
+    def _number_fields(cls) -> frozenset[str]:
+        if cls.__dict__.get("_numbers") is None:
+            fields = cls.model_fields.items()
+            cls._numbers = frozenset(n for n, f in fields if _mentions_number(f.annotation))
+        return cls._numbers or frozenset()
+
+
+_NOT_BOOL = "Input should be a number, not true or false"
+
+
+class PriceSpec(SettingsModel):
     """The endpoint's unit price in USD: per output megapixel, or per output image."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     per_megapixel: float | None = Field(default=None, ge=0)
     per_image: float | None = Field(default=None, ge=0)
@@ -62,11 +110,11 @@ class PriceSpec(BaseModel):
         return f"{usd(self.per_megapixel)}/MP"
 
 
-class BudgetSpec(BaseModel):
+class BudgetSpec(SettingsModel):
     """A cap on the job's spend: no item is submitted if completed + in-flight + it would
     cost more than ``max_usd``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_usd: float = Field(gt=0)
 
@@ -95,8 +143,9 @@ def size_pixels(size: Any) -> tuple[int, int] | None:
 
 def data_uri_size(uri: str) -> tuple[int, int] | None:
     """(width, height) of the image in a base64 ``data:`` URI, or None. A PNG's size is read
-    from its first bytes; other formats are opened from the start of the payload when their
-    header is found there, else from all of it."""
+    from its first bytes; other formats are opened (their header read, no pixel decoded) from
+    the start of the payload, the first 64 Ki characters then the first 1 Mi; past that the
+    size is unknown."""
     comma = uri.find(",", 5, 5 + _MAX_HEADER)
     if comma < 0 or "base64" not in uri[5:comma].lower():
         return None
@@ -108,12 +157,14 @@ def data_uri_size(uri: str) -> tuple[int, int] | None:
     if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
         width, height = struct.unpack(">II", head[16:24])
         return (width, height) if width and height else None
-    for chars in (_HEAD_CHARS, len(uri)):
+    for chars in _HEAD_CHARS:
         chunk = "".join(uri[start : start + chars].split())
         chunk = chunk[: len(chunk) - len(chunk) % 4]
         try:
-            with Image.open(io.BytesIO(base64.b64decode(chunk, validate=True))) as img:
-                return img.size
+            with warnings.catch_warnings():  # a huge size is only read here, never decoded
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(base64.b64decode(chunk, validate=True))) as img:
+                    return img.size
         except (binascii.Error, OSError, ValueError, Image.DecompressionBombError):
             if start + chars >= len(uri):
                 return None

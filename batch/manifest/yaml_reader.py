@@ -27,6 +27,9 @@ A folder or glob given as a whole entry of ``images:`` is one image set per file
 the first 16 hex digits of the file's sha256: renaming or moving a file keeps its items, new
 pixels make new ones, and two files with the same content are one image set. Inside a list or
 an ``urls:`` a folder or glob is expanded in place: all its files go in that one request.
+
+A key given twice in any mapping of an item, of ``defaults:`` or of a matrix entry is an error
+at its line, as is an empty file (``items: []`` says "nothing" on purpose: a warning).
 """
 
 from __future__ import annotations
@@ -75,9 +78,9 @@ class _Part:
     fields: dict[str, Any]
 
 
-def _dup_problems(node: yaml.MappingNode) -> Iterator[Problem]:
-    for key, line in duplicate_keys(node):
-        yield Problem(line, (str(key),), "duplicate key")
+def _dup_problems(node: yaml.Node, *, deep: bool = True) -> Iterator[Problem]:
+    for loc, line in duplicate_keys(node, deep=deep):
+        yield Problem(line, loc, "duplicate key")
 
 
 def read_yaml(path: Path, ctx: ReadContext) -> Iterator[Event]:
@@ -87,6 +90,7 @@ def read_yaml(path: Path, ctx: ReadContext) -> Iterator[Event]:
         yield Problem(exc.line, (), exc.reason, "fatal")
         return
     if root is None:
+        yield Problem(1, (), "file is empty (expected items: and/or matrix:)", "fatal")
         return
     if not isinstance(root, yaml.MappingNode):
         why = "expected a mapping with items: and/or matrix:"
@@ -99,7 +103,7 @@ def read_yaml(path: Path, ctx: ReadContext) -> Iterator[Event]:
 
 
 def _sections(root: yaml.MappingNode, ctx: ReadContext) -> Iterator[Event]:
-    yield from _dup_problems(root)
+    yield from _dup_problems(root, deep=False)
     sections: dict[str, yaml.Node] = {}
     for key, key_node, value_node in mapping_entries(root):
         if key in SECTIONS:
@@ -150,6 +154,10 @@ def _matrix(node: yaml.Node, ctx: ReadContext) -> Iterator[Event]:
     for key, prefix in _PARSERS:
         parse = _prompt_fields if key == "prompts" else _image_set_fields
         for index, entry in enumerate(lists[key]):
+            duplicates = list(_dup_problems(entry))
+            if duplicates:
+                yield from duplicates
+                continue
             value = construct(entry)
             if key == "images" and isinstance(value, str):
                 try:
@@ -196,7 +204,7 @@ def _matrix_lists(node: yaml.Node, lists: dict[str, list[yaml.Node]]) -> Iterato
     if not isinstance(node, yaml.MappingNode):
         yield Problem(line_of(node), ("matrix",), "must be a mapping with prompts: and images:")
         return
-    yield from _dup_problems(node)
+    yield from _dup_problems(node, deep=False)
     given: set[str] = set()
     for key, key_node, value_node in mapping_entries(node):
         given.add(key)

@@ -10,7 +10,9 @@ removes the temporary file.
 Errors are one type, `DownloadError`, with `transient` saying whether trying again may help
 (connection errors, timeouts, truncated bodies, 408/429/5xx) or not (other 4xx, corrupt or
 mismatching content, too large); the caller decides how often to try. URLs in messages lose their
-query string, and data URIs their payload.
+query string, and data URIs their payload. A local disk that is full, or refuses the write, is
+not a download error: it is `batch.outputs.faults.DiskFullError` (ENOSPC, EDQUOT) or
+`NotWritableError` (EACCES, EROFS), with no temporary file left behind.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import os
@@ -30,6 +33,7 @@ from PIL import Image
 
 from batch.errors import BatchError
 from batch.outputs.durable import fsync_dir, sync_files, temp_path, write_unsynced
+from batch.outputs.faults import host_error
 from batch.outputs.naming import OutputRecord, norm_content_type
 
 _CHUNK = 64 * 1024
@@ -184,7 +188,7 @@ def _store_batch(jobs: list[_Job]) -> list[tuple[str, int, int] | BaseException]
                     made.add(dest.parent)
                 write_unsynced(tmp, data)
             except Exception as exc:
-                results.append(exc)
+                results.append(_local(exc, dest.parent))
                 continue
             written.append((len(results), tmp, dest))
             results.append(actual)
@@ -196,8 +200,8 @@ def _store_batch(jobs: list[_Job]) -> list[tuple[str, int, int] | BaseException]
                     raise failed[tmp]
                 os.replace(tmp, dest)
             except Exception as exc:
-                tmp.unlink(missing_ok=True)
-                results[index] = exc
+                _remove(tmp)
+                results[index] = _local(exc, dest.parent)
                 continue
             folders.add(dest.parent)
         written.clear()
@@ -205,8 +209,21 @@ def _store_batch(jobs: list[_Job]) -> list[tuple[str, int, int] | BaseException]
             fsync_dir(folder)
     finally:
         for _, tmp, _ in written:  # left by an exception that is not an Exception
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
     return results
+
+
+def _local(exc: Exception, folder: Path) -> Exception:
+    """A local disk's failure as the error it means (`DiskFullError`, `NotWritableError`)."""
+    if isinstance(exc, OSError):
+        return host_error(exc, folder) or exc
+    return exc
+
+
+def _remove(tmp: Path) -> None:
+    # A folder that refuses it: `cleanup_temp_files` removes it at the next run.
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
 
 
 class Publisher:
@@ -316,8 +333,9 @@ async def download_image(
     """Download one image (http(s) or data: URI) to `dest`, verified, atomically.
 
     Raises DownloadError; on any failure (cancellation too) no temporary file is left and
-    `dest` is untouched. A local disk error (OSError, e.g. disk full) is not a download error
-    and propagates as it is.
+    `dest` is untouched. A local disk error is not a download error: a full disk raises
+    `DiskFullError` (exit 4, resumable), a refused write `NotWritableError`; any other OSError
+    propagates as it is.
     """
     if url.startswith("data:"):
         data, _media = decode_data_uri(url, max_bytes)

@@ -4,6 +4,9 @@ A file is written to a temporary name beside its destination (`temp_path`: `.tmp
 made durable (fsync, or for a batch of files `sync_files`), renamed over the destination, and the
 folder fsynced, so a crash leaves either the old file or the new one, never a part (DESIGN
 invariant 1). Temporary files a killed process left behind start with `TEMP_PREFIX`.
+
+A full disk (ENOSPC, EDQUOT) or a refused write (EACCES, EROFS) is raised as
+`batch.outputs.faults.DiskFullError` / `NotWritableError`, the temporary file removed first.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from batch.crashpoints import crashpoint
+from batch.outputs.faults import host_error
 
 TEMP_PREFIX = ".tmp-"
 
@@ -50,7 +54,8 @@ _temp_counter = itertools.count()
 def atomic_writer(dest: Path, *, newline: str | None = "") -> Iterator[IO[str]]:
     """Write a text file atomically: temp file, fsync, rename, fsync the folder.
 
-    On any error the temporary file is removed and `dest` is left as it was.
+    On any error the temporary file is removed and `dest` is left as it was; a full disk is
+    raised as `DiskFullError`, a refused write as `NotWritableError`.
     """
     tmp = temp_path(dest)
     try:
@@ -59,21 +64,41 @@ def atomic_writer(dest: Path, *, newline: str | None = "") -> Iterator[IO[str]]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
+    except OSError as exc:
+        _discard(tmp)
+        mapped = host_error(exc, dest.parent)
+        if mapped is None:
+            raise
+        raise mapped from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
     fsync_dir(dest.parent)
 
 
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file (a full disk still lets a file be removed; a folder that
+    refuses it leaves it to `cleanup_temp_files`)."""
+    with suppress(OSError):
+        tmp.unlink(missing_ok=True)
+
+
 def write_unsynced(tmp: Path, data: bytes) -> None:
-    """Write `data` to a new file `tmp`, not yet made durable (`sync_files` does that)."""
+    """Write `data` to a new file `tmp`, not yet made durable (`sync_files` does that). On a
+    full disk (`DiskFullError`), or any error, `tmp` is removed."""
     try:
         with open(tmp, "wb") as fh:
             fh.write(data[: len(data) // 2])
             crashpoint("download")  # a half-written temp file, for crash tests
             fh.write(data[len(data) // 2 :])
+    except OSError as exc:
+        _discard(tmp)
+        mapped = host_error(exc, tmp.parent)
+        if mapped is None:
+            raise
+        raise mapped from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
 
 

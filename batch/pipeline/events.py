@@ -28,6 +28,8 @@ class RunStats:
     status_requests: int = 0
     submits: int = 0
     rate_limited: int = 0
+    wait_failures: int = 0  # waits that failed transiently (fal did not answer about a request)
+    left: int = 0  # items this run left as they were for a later run (no answer, disk full)
     cancelled: int = 0  # requests cancelled at their deadline
     completed_after_cancel: int = 0  # of those, ones that completed anyway: their result used
     failed_by_kind: Counter[str] = field(default_factory=Counter)
@@ -55,7 +57,7 @@ class RunStats:
         return (
             f"{self.done}/{self.total} done: {self.completed} completed, {self.failed} failed, "
             f"{self.in_flight} in flight, {self.retried} retried; {self.rate():.1f} items/s; "
-            f"eta {eta_s}"
+            f"eta {eta_s}" + (f"; {self.wait_failures} waits failed" if self.wait_failures else "")
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -69,6 +71,8 @@ class RunStats:
             "submits": self.submits,
             "status_requests": self.status_requests,
             "rate_limited": self.rate_limited,
+            "wait_failures": self.wait_failures,
+            "left": self.left,
             "cancelled": self.cancelled,
             "completed_after_cancel": self.completed_after_cancel,
             "failed_by_kind": dict(self.failed_by_kind),

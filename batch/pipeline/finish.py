@@ -84,6 +84,11 @@ class Finished(Exception):
     """The item reached a final state (completed or failed) and is recorded so."""
 
 
+class LeftForLater(Exception):
+    """The item stays as the ledger has it (say `submitted`) for a later run; this run is done
+    with it (fal gave no answer about its request, or the disk is full)."""
+
+
 def handle_of(client: QueueClient, row: ItemRow) -> RequestHandle | None:
     """The request an item is waiting for, or None if it has none at fal."""
     if row.state != "submitted" or not row.request_id:

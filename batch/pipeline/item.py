@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,12 +33,14 @@ from batch.fal import (
     TransientError,
 )
 from batch.ledger import InvalidTransitionError, ItemRow
+from batch.outputs import DiskFullError
 from batch.pipeline.admission import Admission
 from batch.pipeline.budget import Budget
 from batch.pipeline.finish import (
     Finished,
     Finisher,
     Later,
+    LeftForLater,
     collect,
     fail,
     fetch_result,
@@ -47,6 +51,8 @@ from batch.pipeline.uploads import InputFileError, Uploader
 from batch.pipeline.waiting import Waiter
 
 CANCEL_FOLLOW_S = 120.0  # how long a cancelled request is followed before the next turn
+WAIT_FAILURE_TURNS = 8  # turns whose wait failed transiently before an item is left for later
+log = logging.getLogger("batch.run")
 
 
 @dataclass(kw_only=True)
@@ -61,6 +67,8 @@ class ItemContext(Finisher):
     headers: dict[str, str] = field(default_factory=dict)  # fal's platform headers
     max_queue_length: int | None = None
     on_account_locked: Callable[[AccountLockedError], None] = field(default=lambda exc: None)
+    wait_failures: Counter[str] = field(default_factory=Counter)  # failed waits in a row
+    on_disk_full: Callable[[DiskFullError], None] = field(default=lambda exc: None)
     webhook_url: str | None = None
     on_change: Callable[[], None] = field(default=lambda: None)
     draining: Callable[[], bool] = field(default=lambda: False)
@@ -107,6 +115,12 @@ async def run_item(ctx: ItemContext, row: ItemRow, slot: Slot) -> float | None:
         return later.when
     except (Finished, InvalidTransitionError):
         pass  # recorded; or another finalizer (`webhook serve`) moved the item on first
+    except LeftForLater:
+        ctx.stats.left += 1
+    except DiskFullError as exc:
+        # Nothing more can be written: the run stops admitting; this item stays as the ledger
+        # has it (a request at fal stays `submitted`, to be collected by the next run).
+        ctx.on_disk_full(exc)
     finally:
         slot.release()
     return None
@@ -252,9 +266,15 @@ async def _wait(
         return await _after_deadline(ctx, row, handle)
     except NotFoundError as exc:
         await retry(ctx, row, exc, kind="lost")  # fal no longer knows it: submit again
-    except (TransientError, RateLimitedError):
-        # Still in fal's queue as far as we know: come back to it, keep the request id.
-        raise Later(time.monotonic() + ctx.policy.backoff(2)) from None
+    except (TransientError, RateLimitedError) as exc:
+        # Still in fal's queue as far as we know: come back to it, keep the request id (it may
+        # still run, so it is never sent again) — up to a limit, then leave it for a later run.
+        ctx.stats.wait_failures += 1
+        ctx.wait_failures[row.key] += 1
+        if ctx.wait_failures[row.key] >= WAIT_FAILURE_TURNS:
+            log.warning("item %s: no answer about request %s (%s)", row.key, handle.request_id, exc)
+            raise LeftForLater() from None
+        raise Later(time.monotonic() + ctx.policy.backoff(ctx.wait_failures[row.key])) from None
     finally:
         ctx.stats.in_flight -= 1
 

@@ -19,7 +19,6 @@ from typing import Any
 from batch.errors import ExitCode
 from batch.fal import (
     DEFAULT_QUEUE_URL,
-    AccountLockedError,
     AuthError,
     Credentials,
     QueueClient,
@@ -29,6 +28,7 @@ from batch.fal import (
 from batch.job import DEFAULT_PLATFORM_URL, JobError, JobSpec
 from batch.ledger import ACCOUNT_LOCKED_META, Ledger
 from batch.ledger.group import GroupCommit
+from batch.outputs import DiskFullError, NotWritableError
 from batch.outputs.lock import run_lock
 from batch.outputs.naming import cleanup_temp_files
 from batch.pipeline.admission import Admission
@@ -40,7 +40,7 @@ from batch.pipeline.item import ItemContext
 from batch.pipeline.planning import plan_run
 from batch.pipeline.policy import RetryPolicy
 from batch.pipeline.prices import known_price, resolve_price
-from batch.pipeline.summary import RunSummary, locked_message
+from batch.pipeline.summary import Halt, RunSummary
 from batch.pipeline.uploads import make_uploader
 from batch.pipeline.waiting import Waiter
 from batch.pipeline.webhook_wait import (
@@ -85,6 +85,8 @@ async def run_job(
             log.info("removed %d temporary files left by an interrupted run", removed)
         plan = plan_run(spec, ledger, redo_changed=redo_changed)
         summary.plan, summary.warnings = plan.counts, plan.warnings
+        if spec.local and not dry_run:
+            _forget_local_requests(ledger)
         if dry_run:
             summary.counts = ledger.counts()
             summary.message = "dry run: nothing sent"
@@ -99,7 +101,7 @@ async def run_job(
         run_id = ledger.start_run(_settings(spec))
         stop = stop or StopSignal()
         stats = RunStats(total=plan.to_do)
-        locked: list[AccountLockedError] = []
+        halt = Halt(stop, ledger)
         try:
             with (
                 _signals(stop, handle_signals),
@@ -108,14 +110,12 @@ async def run_job(
             ):
                 # A finished job makes no connection at all.
                 if plan.to_do or ledger.counts()["submitted"]:
-                    await _execute(
-                        spec, ledger, stats, stop, progress, policy, credentials, detach, locked
-                    )
+                    await _execute(spec, ledger, stats, halt, progress, policy, credentials, detach)
             summary.exit_code = _exit_code(ledger.counts(), stop, _work_left(ledger))
             summary.message = _message(stop)
-            if locked:
-                summary.exit_code = ExitCode.ACCOUNT_LOCKED
-                summary.message = locked_message(locked[0], ledger.counts())
+            summary.exit_code, summary.message = halt.outcome(
+                ledger.counts(), (summary.exit_code, summary.message)
+            )
             if detach and not stop.draining.is_set():
                 counts = ledger.counts()
                 summary.exit_code = ExitCode.FAILED if counts["failed"] else ExitCode.OK
@@ -132,11 +132,33 @@ async def run_job(
             summary.wall_time = time.monotonic() - started
             ledger.finish_run(run_id, summary.counts, summary.exit_code)
             if not (plan.reused and stats.done == 0 and _derived_current(ledger, output_dir)):
-                ledger.export(output_dir)
-                write_report_quietly(spec)
+                _write_derived(spec, ledger, summary)
             price = known_price(spec, ledger)
             summary.cost = cost_lines(ledger, price, _max_usd(spec), endpoint=spec.endpoint)
     return summary
+
+
+def _write_derived(spec: JobSpec, ledger: Ledger, summary: RunSummary) -> None:
+    """results.csv, results.jsonl and report.html; derived from the ledger, so a full or
+    read-only disk only warns (the next run writes them)."""
+    try:
+        ledger.export(spec.output)
+    except (DiskFullError, NotWritableError) as exc:
+        summary.warnings.append(f"results.csv and results.jsonl not written: {exc}")
+    write_report_quietly(spec)
+
+
+def _forget_local_requests(ledger: Ledger) -> None:
+    """`queue: local`: every request an earlier run's embedded simulator held died with it, so
+    its items are sent again (it costs nothing there); on fal they would be re-attached."""
+    keys = [r.key for r in ledger.iter_work() if r.state == "submitted" or r.submit_started_at]
+    if not keys:
+        return
+    why = "its request died with the embedded simulator of an earlier run; sent again"
+    with ledger.group():
+        for key in keys:
+            ledger.mark_retry(key, "lost", why, None)
+    log.info("%d requests of an earlier run's embedded simulator are sent again", len(keys))
 
 
 def _derived_current(ledger: Ledger, output_dir: Path) -> bool:
@@ -155,16 +177,15 @@ async def _execute(
     spec: JobSpec,
     ledger: Ledger,
     stats: RunStats,
-    stop: StopSignal,
+    halt: Halt,
     progress: Progress,
     policy: RetryPolicy | None,
     credentials: Credentials | None,
     detach: bool = False,
-    locked: list[AccountLockedError] | None = None,
 ) -> None:
-    """Dispatch the run's items. A locked account is added to `locked` (the run stops
-    admitting and drains); an AuthError or TlsError ends it at once."""
-    locked = [] if locked is None else locked
+    """Dispatch the run's items. A locked account or a full disk stops admitting (`halt`) and
+    drains; an AuthError or TlsError ends the run at once."""
+    stop = halt.stop
     policy = policy or RetryPolicy.from_spec(spec.retries)
     receive = spec.wait == "webhook" and not detach
     writes = GroupCommit(ledger)
@@ -186,13 +207,6 @@ async def _execute(
                 ["budget: needs a price: fal's pricing API gave none; set price: in the job"]
             )
 
-        def on_locked(exc: AccountLockedError) -> None:
-            if not locked:  # once: a second stop request would abort what is running
-                log.error("fal refused new work: %s", exc.reason)
-                ledger.set_meta(ACCOUNT_LOCKED_META, exc.reason)
-                locked.append(exc)
-                stop.request("account locked")
-
         uploads = make_uploader(spec, client, ledger, policy)
         ctx = ItemContext(
             client=client,
@@ -210,7 +224,8 @@ async def _execute(
             deadline=spec.deadline,
             headers=spec.fal.headers(),
             max_queue_length=spec.fal.max_queue_length,
-            on_account_locked=on_locked,
+            on_account_locked=halt.account_locked,
+            on_disk_full=halt.disk_full,
             on_change=lambda: progress.update(stats),
             draining=stop.draining.is_set,
             uploads=uploads,
@@ -226,7 +241,7 @@ async def _execute(
             await uploads.aclose()
         if dispatcher.fatal is not None:
             raise dispatcher.fatal
-        if not locked and stats.submits > stats.rate_limited:
+        if halt.locked is None and stats.submits > stats.rate_limited:
             ledger.set_meta(ACCOUNT_LOCKED_META, None)  # fal took work again
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from batch.errors import ExitCode
 from batch.fal import AccountLockedError
+from batch.ledger import ACCOUNT_LOCKED_META, Ledger
+from batch.outputs import DiskFullError
+from batch.pipeline.dispatch import StopSignal
 from batch.report import REPORT_NAME
+
+log = logging.getLogger("batch.run")
 
 
 @dataclass
@@ -64,12 +70,52 @@ class RunSummary:
                 f"  {self.plan['missing']} items in the ledger are no longer in the manifest "
                 "(kept; see results.csv, in_manifest=false)"
             )
+        if self.stats.get("left"):
+            notes.append(
+                f"  {self.stats['left']} items left as they were: fal gave no answer about their "
+                "requests in this run (they may still run, so they are never sent again); "
+                "the same command re-attaches"
+            )
         if self.possible_duplicates:
             notes.append(
                 f"  {self.possible_duplicates} items may have been submitted twice "
                 "(an answer was lost in transit; results.csv: possible_duplicate)"
             )
         return notes
+
+
+class Halt:
+    """Why a run stopped admitting on its own, if it did: fal locked the account (exit 6), or
+    the disk filled up (exit 4). Either stops admitting once and lets what runs finish."""
+
+    def __init__(self, stop: StopSignal, ledger: Ledger) -> None:
+        self.stop = stop
+        self.ledger = ledger
+        self.locked: AccountLockedError | None = None
+        self.full: DiskFullError | None = None
+
+    def account_locked(self, exc: AccountLockedError) -> None:
+        if self.locked is None:  # once: a second stop request would abort what is running
+            log.error("fal refused new work: %s", exc.reason)
+            self.ledger.set_meta(ACCOUNT_LOCKED_META, exc.reason)
+            self.locked = exc
+            self.stop.request("account locked")
+
+    def disk_full(self, exc: DiskFullError) -> None:
+        if self.full is None:
+            log.error("%s", exc)
+            self.full = exc
+            self.stop.request("disk full")
+
+    def outcome(
+        self, counts: dict[str, int], otherwise: tuple[ExitCode, str]
+    ) -> tuple[ExitCode, str]:
+        """The run's exit code and message: the halt's, else `otherwise`."""
+        if self.full is not None:
+            return ExitCode.STOPPED, f"stopped: {self.full}"
+        if self.locked is not None:
+            return ExitCode.ACCOUNT_LOCKED, locked_message(self.locked, counts)
+        return otherwise
 
 
 def locked_message(exc: AccountLockedError, counts: dict[str, int]) -> str:

@@ -122,7 +122,13 @@ class Waiter:
     async def wait(self, handle: RequestHandle, *, fresh: bool = False) -> Completed:
         """Wait until fal says COMPLETED. `fresh`: submitted just now (not re-attached)."""
         if self.mode == "webhook" and self.hooks is not None:
-            return await self.hooks.wait(handle, self._poll, self.service)
+            completed = await self.hooks.wait(handle, self._poll, self.service)
+            if completed.failed:
+                # An ERROR delivery is acted on only once the queue confirms the request ended:
+                # a signed delivery can still be wrong (or early), and acting on it too soon
+                # could send an item again while fal still runs it.
+                completed = await self._poll(handle)
+            return completed
         if self.mode == "stream":
             try:
                 return await self._stream(handle)

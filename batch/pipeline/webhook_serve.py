@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from batch.fal import AuthError, Credentials, QueueClient, credentials_from_env
+from batch.fal import AuthError, Completed, Credentials, QueueClient, credentials_from_env
 from batch.fal.webhooks import JwksCache, WebhookDelivery, WebhookReceiver
 from batch.job import JobError, JobSpec
 from batch.ledger import LEDGER_FILE, ItemRow, Ledger
@@ -80,7 +80,18 @@ class Collector:
         try:
             handle = handle_of(self.ctx.client, row)
             assert handle is not None  # a submitted row with a request id
-            again = await finish_item(self.ctx, row, handle, delivery.completed())
+            completed = delivery.completed()
+            if completed.failed:
+                # Acted on only once the queue confirms the request ended (see `Waiter.wait`).
+                status = await self.ctx.client.status(handle)
+                if not isinstance(status, Completed):
+                    self.stats["unconfirmed"] += 1
+                    log.warning(
+                        "item %s: an ERROR webhook for a request fal still runs; ignored", row.key
+                    )
+                    return
+                completed = status
+            again = await finish_item(self.ctx, row, handle, completed)
             if again is not None:
                 self.stats["left"] += 1
                 log.info("item %s left for a later run (its result could not be fetched)", row.key)
@@ -150,7 +161,7 @@ class WebhookService:
 
     async def __aenter__(self) -> WebhookService:
         async with contextlib.AsyncExitStack() as stack:
-            self.ledger = stack.enter_context(Ledger.open(self.spec.output))
+            self.ledger = stack.enter_context(Ledger.open(self.spec.output, create=False))
             stack.enter_context(self.ledger.background_checkpoints())
             client = await stack.enter_async_context(
                 QueueClient(

@@ -5,10 +5,14 @@
 
 Modules: `config` (SimConfig, Latency, Price), `faults` (FaultPlan, FaultRule), `counters`,
 `paths`, `jobs` (records, outcomes, status bodies), `model` (queue, slots, fal's retries),
-`billing` (prices, balance, the charge per request), `gateway` (counting, faults and auth
-middlewares), `app` (routes), `server` (Simulator, run_forever), `tls`, `clock` (the
-simulator's wall clock; `ManualClock` for tests); `imaging` and `storage` hold the pixels and
-the file store.
+`worker` (one attempt of a job), `billing` (prices, balance, the charge per request),
+`gateway` (counting, faults and auth middlewares), `app` (routes), `submits` (reading a
+submit's headers and parameters), `server` (Simulator, run_forever), `tls`, `clock` (the
+simulator's wall clock; `ManualClock` for tests); `imaging` makes the pixels, `filestore`
+keeps the files, `storage` and `storage_initiate` serve fal's upload flows.
+
+It imports only `batch.schema` and `batch.errors` of the package, so it runs and is tested
+alone.
 """
 
 from batch.sim.billing import LOCKED_DETAIL, Billing

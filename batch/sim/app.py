@@ -10,6 +10,7 @@
     GET  /.well-known/jwks.json                  the webhook signing key (webhooks.py), no auth
 
 The storage routes (`storage.py`) are registered first; the queue routes are catch-alls.
+What a submit carries besides its body (headers, `fal_` parameters) is read by `submits.py`.
 
 A submit is refused, in this order: 404 for an app `SimConfig.apps` does not list, 403 while
 the account is locked (`billing.py`), 429 from `max_submits_per_second`, 422 for a bad
@@ -46,83 +47,21 @@ from batch.sim.jobs import COMPLETED, Job
 from batch.sim.model import Model
 from batch.sim.paths import Target, endpoint_root, parse_request_path, segments
 from batch.sim.storage import FileStore, lifecycle_ttl, storage_routes
+from batch.sim.submits import MIN_START_TIMEOUT_S as MIN_START_TIMEOUT_S
+from batch.sim.submits import NO_RETRY_VALUES as NO_RETRY_VALUES
+from batch.sim.submits import PLATFORM_HEADERS as PLATFORM_HEADERS
+from batch.sim.submits import PLATFORM_QUERY as PLATFORM_QUERY
+from batch.sim.submits import START_TIMEOUT_HEADERS as START_TIMEOUT_HEADERS
+from batch.sim.submits import STORE_IO_OFF as STORE_IO_OFF
+from batch.sim.submits import SubmitBucket as SubmitBucket
+from batch.sim.submits import json_body, low_priority, no_retry, queue_limit, store_io
+from batch.sim.submits import platform_params as platform_params
+from batch.sim.submits import start_timeout as start_timeout
 from batch.sim.webhooks import WebhookSigner
 
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
-NO_RETRY_VALUES = frozenset({"1", "true", "yes"})  # fal's docs: 1, true or yes
-STORE_IO_OFF = frozenset({"0", "false", "no"})
-START_TIMEOUT_HEADERS = ("X-Fal-Request-Start-Timeout", "X-Fal-Request-Timeout")
-MIN_START_TIMEOUT_S = 0.1
 NOT_FOUND = {"status": "NOT_FOUND"}
-# What a submit may carry that is fal's, not the model's (common-parameters, submit, §1).
-PLATFORM_HEADERS = (
-    "X-Fal-Request-Timeout",
-    "X-Fal-Request-Start-Timeout",
-    "X-Fal-Runner-Hint",
-    "X-Fal-Queue-Priority",
-    "X-Fal-No-Retry",
-    "X-Fal-Retry-Config",
-    "X-Fal-Store-IO",
-    "X-Fal-Object-Lifecycle-Preference",
-    "X-App-Fal-Disable-Fallback",
-    "X-Fal-Disable-Fallbacks",
-)
-PLATFORM_QUERY = ("fal_webhook", "fal_max_queue_length")
 MAX_PRICED_ENDPOINTS = 50
-
-
-class SubmitBucket:
-    """A token bucket for `max_submits_per_second`: the excess gets 429 with Retry-After.
-
-    It refills by `clock` (the simulator's); a clock set back refills nothing meanwhile."""
-
-    def __init__(self, rate: float, clock: Clock = time.monotonic) -> None:
-        self.rate = rate
-        self.capacity = max(1.0, rate)
-        self.tokens = self.capacity
-        self.clock = clock
-        self.stamp = clock()
-
-    def take(self) -> float:
-        """0 when a submit may pass now, else the seconds until one may."""
-        now = self.clock()
-        elapsed = max(0.0, now - self.stamp)
-        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
-
-
-def _query_error(name: str, msg: str) -> web.Response:
-    item = {"loc": ["query", name], "msg": msg, "type": "int_parsing"}
-    return json_response({"detail": [item]}, 422)
-
-
-def _body_error(loc: list[Any], msg: str, kind: str) -> web.Response:
-    return json_response({"detail": [{"loc": ["body", *loc], "msg": msg, "type": kind}]}, 422)
-
-
-def platform_params(request: web.Request) -> dict[str, str]:
-    """The platform headers (lower-case names) and `fal_` query parameters a submit carried."""
-    sent = {
-        name.lower(): request.headers[name] for name in PLATFORM_HEADERS if name in request.headers
-    }
-    sent.update({name: request.query[name] for name in PLATFORM_QUERY if name in request.query})
-    return sent
-
-
-def start_timeout(request: web.Request) -> float | None:
-    """The start deadline in seconds; Start-Timeout wins over the deprecated header."""
-    for name in START_TIMEOUT_HEADERS:
-        try:
-            value = float(request.headers.get(name, ""))
-        except ValueError:
-            continue
-        if value > 0 and math.isfinite(value):
-            return max(value, MIN_START_TIMEOUT_S)
-    return None
 
 
 class QueueApp:
@@ -254,19 +193,12 @@ class QueueApp:
             return json_response({"detail": LOCKED_DETAIL}, 403)
         if self.bucket is not None and (wait := self.bucket.take()) > 0:
             return rate_limited(max(1, math.ceil(wait)), "Too many submits (simulated limit)")
-        limit_text = request.query.get("fal_max_queue_length")
-        limit: int | None = None
-        if limit_text is not None:
-            try:
-                limit = int(limit_text)
-            except ValueError:
-                return _query_error("fal_max_queue_length", "Input should be a valid integer")
-        try:
-            payload = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _body_error([getattr(exc, "pos", 0)], "JSON decode error", "json_invalid")
-        if not isinstance(payload, dict):
-            return _body_error([], "Input should be a valid dictionary", "dict_type")
+        limit = queue_limit(request)
+        if isinstance(limit, web.Response):
+            return limit
+        payload = await json_body(request)
+        if isinstance(payload, web.Response):
+            return payload
         if limit is not None and self.model.waiting(endpoint) > limit:
             detail = f"Queue is full: more than {limit} requests are waiting for {endpoint}"
             return json_response({"detail": detail}, 429)
@@ -275,22 +207,21 @@ class QueueApp:
         straggler = self._pick_job_fault("straggler")
         digest = payload_hash(endpoint, payload)
         origin = self.origin(request)
-        headers = request.headers
         job, position = self.model.submit(
             endpoint=endpoint,
             root=root,
             payload=payload,
             digest=digest,
             base_url=origin,
-            low=headers.get("X-Fal-Queue-Priority", "").strip().lower() == "low",
+            low=low_priority(request),
             start_timeout=start_timeout(request),
             webhook=request.query.get("fal_webhook"),
             fault=fault,
             retry_fault=retry_fault,
             slowdown=straggler.factor if straggler is not None else 1.0,
-            no_retry=headers.get("X-Fal-No-Retry", "").strip().lower() in NO_RETRY_VALUES,
-            store_io=headers.get("X-Fal-Store-IO", "").strip().lower() not in STORE_IO_OFF,
-            media_ttl_s=lifecycle_ttl(headers, self.config.media_expiration_s),
+            no_retry=no_retry(request),
+            store_io=store_io(request),
+            media_ttl_s=lifecycle_ttl(request.headers, self.config.media_expiration_s),
             sent=sent,
         )
         self.counters.record_submit(digest)

@@ -4,11 +4,12 @@ A job waits IN_QUEUE (normal priority ahead of low, FIFO within each), is starte
 slot is free, validates its input with `EditInput` (on the `validated_endpoints`; elsewhere a
 valid edit is rendered and anything else passed through), fetches its inputs, renders its
 outputs into the file store and takes its service time (drawn at submit time from the seeded
-latency distribution, so runs are reproducible). Then it is COMPLETED with an `Outcome`, billed
-(`billing.py`) and kept for its retention (30 days with payload storage, 1 h / 6 min without);
-expired jobs are dropped lazily (their small `JobRecord` is kept for oracles). Stamps,
-retention and file lifetimes read the model's `clock` (epoch seconds, `time.time` unless a test
-gives a `ManualClock`); service times run on the event loop's clock.
+latency distribution, so runs are reproducible); that attempt is `worker.py`'s. Then it is
+COMPLETED with an `Outcome`, billed (`billing.py`) and kept for its retention (30 days with
+payload storage, 1 h / 6 min without); expired jobs are dropped lazily (their small `JobRecord`
+is kept for oracles). Stamps, retention and file lifetimes read the model's `clock` (epoch
+seconds, `time.time` unless a test gives a `ManualClock`); service times run on the event
+loop's clock.
 
 fal's own retries (§10): an attempt that fails transiently (the `server_retry` fault, or an
 attempt longer than `app_request_timeout_s`) sends the job back IN_QUEUE, at the back of its
@@ -36,16 +37,13 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from pydantic import ValidationError
 
-from batch.schema import EditInput, image_size_pixels
-from batch.sim import jobs
+from batch.sim import jobs, worker
 from batch.sim.billing import Billing
 from batch.sim.clock import Clock
 from batch.sim.config import SimConfig
 from batch.sim.counters import Counters
 from batch.sim.faults import FaultRule
-from batch.sim.imaging import InputImageError, fetch_input, render
 from batch.sim.jobs import COMPLETED, IN_PROGRESS, IN_QUEUE, Job, JobRecord, Outcome
 from batch.sim.storage import FileStore
 
@@ -264,7 +262,7 @@ class Model:
         return renewed
 
     def _media_expiry(self, job: Job) -> float | None:
-        return None if job.media_ttl_s is None else self.clock() + job.media_ttl_s
+        return worker.media_expiry(job, self.clock)
 
     # --- the queue --------------------------------------------------------------------------
 
@@ -332,7 +330,10 @@ class Model:
             job.record.attempts += 1
             job.record.started_at = self.clock()
             self._busy += 1
-            task = asyncio.create_task(self._execute(job), name=f"sim-job-{job.request_id}")
+            attempt = worker.execute(
+                job, config=self.config, store=self.store, clock=self.clock, session=self.session
+            )
+            task = asyncio.create_task(attempt, name=f"sim-job-{job.request_id}")
             job.task = task
             self._tasks.add(task)
             task.add_done_callback(functools.partial(self._finished, job))
@@ -373,7 +374,7 @@ class Model:
                 for key in job.output_keys:
                     self.store.delete(key)
 
-    # --- running a job ----------------------------------------------------------------------
+    # --- a job's attempts (what an attempt does is worker.py's) -----------------------------
 
     def _finished(self, job: Job, task: asyncio.Task[Outcome]) -> None:
         """Done callback of a job's task: free the slot, complete the job, start the next."""
@@ -392,77 +393,3 @@ class Model:
         if not (outcome.retry and self._requeue(job)):
             self._complete(job, outcome)
         self._dispatch()
-
-    async def _execute(self, job: Job) -> Outcome:
-        loop = asyncio.get_running_loop()
-        service_time = job.record.service_time
-        deadline = loop.time() + service_time
-        retry = job.retry_fault
-        if retry is not None and job.record.attempts <= retry.failures:
-            await asyncio.sleep(service_time)
-            return jobs.attempt_failure(retry.error_type or "runner_disconnected")
-        limit = self.config.app_request_timeout_s
-        if limit is not None and service_time > limit:
-            await asyncio.sleep(limit)
-            return jobs.attempt_failure("request_timeout")
-        if job.fault is not None:
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
-            return jobs.from_fault(job.fault)
-        try:
-            edit = EditInput.model_validate(job.payload)
-        except ValidationError as exc:
-            if job.record.endpoint in self.config.validated_endpoints:
-                return jobs.from_validation_error(exc)
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
-            return jobs.success({"images": [], "input": job.payload})
-        try:
-            inputs = [
-                await fetch_input(self.session, url, self.store, index=i)
-                for i, url in enumerate(edit.image_urls)
-            ]
-            output = await self._render(job, edit, inputs)
-        except InputImageError as exc:
-            kind = "file_download_error" if "download" in exc.reason else "image_load_error"
-            return jobs.unprocessable([jobs.detail_item(["image_urls", exc.index], str(exc), kind)])
-        await asyncio.sleep(max(0.0, deadline - loop.time()))
-        return jobs.success(output)
-
-    async def _render(self, job: Job, edit: EditInput, inputs: list[bytes]) -> dict[str, Any]:
-        seed = edit.seed if edit.seed is not None else job.seed
-        size = image_size_pixels(edit.image_size)
-        fmt = edit.output_format
-        ext, content_type = ("png", "image/png") if fmt == "png" else ("jpg", "image/jpeg")
-        images: list[dict[str, Any]] = []
-        for i in range(edit.num_images):
-            data, width, height = await asyncio.to_thread(
-                render, inputs, edit.prompt, seed, size, fmt, i
-            )
-            name = f"{job.request_id[:8]}_{i}.{ext}"
-            key = self.store.put(
-                data,
-                content_type,
-                name,
-                expires_at=self._media_expiry(job),
-                pinned=self.config.media_renew_on_result,
-            )
-            job.output_keys.append(key)
-            images.append(
-                {
-                    "url": f"{job.base_url}/files/{key}",
-                    "width": width,
-                    "height": height,
-                    "content_type": content_type,
-                    "file_name": name,
-                    "file_size": len(data),
-                }
-            )
-        job.images = len(images)
-        word = self.config.nsfw_word.lower()
-        nsfw = bool(word) and word in edit.prompt.lower()
-        return {
-            "images": images,
-            "timings": {"inference": round(job.record.service_time, 6)},
-            "seed": seed,
-            "has_nsfw_concepts": [nsfw] * len(images),
-            "prompt": edit.prompt,
-        }

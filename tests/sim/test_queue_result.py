@@ -141,7 +141,7 @@ async def test_simulator_bug_fails_only_that_job(
     def broken(*args: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("batch.sim.model.render", broken)
+    monkeypatch.setattr("batch.sim.worker.render", broken)
     sub = await api.submit(payload)
     assert (await api.wait_for(sub))["error_type"] == "internal_error"
     reply = await api.result(sub)

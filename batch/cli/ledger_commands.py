@@ -1,0 +1,132 @@
+"""The commands that read a job's ledger: status, report, export, retry, doctor.
+
+Each takes TARGET: a job file, a manifest, or an output folder (`batch.cli.targets`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batch.cli.targets import open_target, resolve_target
+from batch.errors import ExitCode
+from batch.ledger.doctor import diagnose
+from batch.ledger.prices import cached_price
+from batch.ledger.salvage import salvage
+from batch.outputs import run_lock
+from batch.report import job_status, report_for, write_report
+
+TARGET = click.Path(exists=True)  # a job file, a manifest, or an output folder
+OUTPUT = click.option(
+    "--output", type=click.Path(file_okay=False), help="Output folder (of a job or manifest)."
+)
+
+
+def _json_out(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@click.command()
+@click.argument("target", type=TARGET)
+@OUTPUT
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(target: str, output: str | None, as_json: bool) -> None:
+    """Show a job's items by state, failures by kind, and its latest run (throughput, ETA
+    while it is live) — from the ledger only, no network. TARGET: a job file, a manifest or
+    an output folder.
+
+    Example: firered-batch status jobs/demo.yaml --json
+    """
+    job, ledger = open_target(target, output)
+    with ledger:
+        price = job.price or (cached_price(ledger, job.endpoint) if job.endpoint else None)
+        result = job_status(ledger, name=job.name, price=price, endpoint=job.endpoint)
+    if as_json:
+        _json_out(result.as_dict())
+    else:
+        click.echo(result.text())
+
+
+@click.command()
+@click.argument("target", type=TARGET)
+@OUTPUT
+def report(target: str, output: str | None) -> None:
+    """Write the HTML contact sheet, <output>/report.html (every run writes it at its end).
+
+    Each item's input and output thumbnails side by side, with prompt, seed, state, latency
+    and errors; filters, search, a latency histogram. Works offline.
+    Example: firered-batch report jobs/demo.yaml
+    """
+    job, ledger = open_target(target, output)
+    ledger.close()
+    if job.spec is not None:
+        written = report_for(job.spec)
+    else:
+        written = write_report(job.output, title=job.name, price=job.price, endpoint=job.endpoint)
+    click.echo(str(written.path))
+
+
+@click.command()
+@click.argument("target", type=TARGET)
+@OUTPUT
+def export(target: str, output: str | None) -> None:
+    """Write results.csv and results.jsonl from the ledger again.
+
+    Example: firered-batch export jobs/demo.yaml
+    """
+    _job, ledger = open_target(target, output)
+    with ledger:
+        paths = ledger.export()
+    click.echo(f"{paths.csv}\n{paths.jsonl}")
+
+
+@click.command()
+@click.argument("target", type=TARGET)
+@click.option("--kind", help="Only failures of this kind (e.g. transient, permanent, download).")
+@OUTPUT
+def retry(target: str, kind: str | None, output: str | None) -> None:
+    """Put failed items back to pending for the next run (all, or one error kind).
+
+    Items that failed only to download keep their request id and are re-attached, not paid
+    for again. Example: firered-batch retry jobs/demo.yaml --kind transient
+    """
+    _job, ledger = open_target(target, output)
+    with ledger:
+        count = ledger.reset_to_pending(kind=kind)
+    what = f"failed ({kind})" if kind else "failed"
+    click.echo(f"{count} {what} items will be tried again by the next run")
+
+
+@click.command()
+@click.argument("target", type=TARGET)
+@OUTPUT
+@click.option(
+    "--recover",
+    is_flag=True,
+    help="Copy what a damaged ledger still holds into a new one (the damaged files are kept"
+    " in <output>/damaged-<time>/), then check again.",
+)
+def doctor(target: str, output: str | None, recover: bool) -> None:
+    """Check a job's output folder and ledger, and say what to do about what is wrong.
+
+    The ledger is there and writable, SQLite's integrity check passes, every migration is
+    applied, each completed item's files match the ledger (size, sha256), the disk has room.
+    Reads only (but with --recover). Exits 0 when all is well, 2 when something is not.
+    TARGET: a job file, a manifest or an output folder.
+
+    Example: firered-batch doctor outputs/demo
+    """
+    job = resolve_target(target, output)
+    if recover:
+        with run_lock(job.output, check_ledger=False):  # no run may use it meanwhile
+            salvaged = salvage(job.output)
+        click.echo(
+            "the ledger is not damaged: nothing to recover" if salvaged is None else salvaged.text()
+        )
+    result = diagnose(Path(job.output))
+    click.echo(result.text())
+    sys.exit(ExitCode.OK if result.healthy else ExitCode.INVALID)

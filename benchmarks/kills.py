@@ -1,0 +1,113 @@
+"""Crash safety: `firered-batch run` killed with SIGKILL at random moments, then resumed.
+
+N items (default 300) against the simulator in its own process (capacity 20, service 0.2 to
+0.6 s); K kills (default 20), each at a random moment 0.3 to 2 s into a run (seeded), then one
+run to the end. Figures: items completed, output files verified against the ledger (size and
+sha256), payloads fal billed more than once (paid twice), submits flagged `possible_duplicate`
+(a kill between a submit leaving and its answer being recorded), and the final run's exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import (
+    SimProcess,
+    arguments,
+    exit_on_sigterm,
+    machine,
+    print_table,
+    write_json,
+    write_manifest,
+)
+
+from batch.ledger import Ledger
+from batch.outputs import verify_outputs
+
+KILLS = 20
+
+
+def command(manifest: Path, out: Path, sim: SimProcess) -> list[str]:
+    return [
+        sys.executable, "-m", "batch", "run", str(manifest), "--queue-url", sim.url,
+        "--concurrency", "20", "--output", str(out),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = arguments(__doc__.splitlines()[0], default_n=300)
+    parser.add_argument("--kills", type=int, default=KILLS)
+    args = parser.parse_args()
+    exit_on_sigterm()
+    rng = random.Random(11)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-kills-") as tmp,
+        SimProcess(capacity=20, latency="uniform:0.2,0.6", extra=("--seed", "11")) as sim,
+    ):
+        manifest = write_manifest(Path(tmp) / "m.csv", args.n)
+        out = Path(tmp) / "out"
+        env = {**os.environ, "FAL_KEY": sim.key}
+        run = command(manifest, out, sim)
+        killed = 0
+        for _ in range(args.kills):
+            proc = subprocess.Popen(
+                run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            time.sleep(rng.uniform(0.3, 2.0))  # a benchmark, not a test: real time is the point
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                killed += 1
+            proc.wait()
+        final = subprocess.run(run, env=env, capture_output=True, text=True)
+        counters = sim.counters()
+        with Ledger.open(out) as ledger:
+            counts = ledger.counts()
+            records = [r for key in _keys(ledger) for r in ledger.outputs(key)]
+            problems = verify_outputs(out, records)
+            flagged = ledger.possible_duplicates()
+    figures: dict[str, Any] = {
+        "items": args.n,
+        "kills": killed,
+        "completed": counts["completed"],
+        "files_verified": len(records) - len(problems),
+        "file_problems": len(problems),
+        "paid_twice": counters["paid_twice"],
+        "possible_duplicates": flagged,
+        "final_exit_code": final.returncode,
+    }
+    print_table(
+        f"kill -9 at random moments: {args.n} items, {killed} kills, then one run to the end",
+        ["completed", "files verified", "file problems", "paid twice", "flagged", "exit"],
+        [
+            [
+                figures["completed"],
+                figures["files_verified"],
+                figures["file_problems"],
+                figures["paid_twice"],
+                figures["possible_duplicates"],
+                figures["final_exit_code"],
+            ]
+        ],
+    )
+    write_json(args.json, {**figures, **machine()})
+
+
+def _keys(ledger: Ledger) -> list[str]:
+    conn = sqlite3.connect(ledger.path)
+    try:
+        return [key for (key,) in conn.execute("SELECT key FROM items")]
+    finally:
+        conn.close()
+
+
+if __name__ == "__main__":
+    main()
