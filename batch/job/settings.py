@@ -48,6 +48,17 @@ class JobError(InvalidInputError):
         super().__init__("\n".join(self.errors))
 
 
+def duration_setting(value: Any) -> Any:
+    """A setting's duration: seconds as given, or a text such as ``90m`` turned into seconds
+    (a field validator's "before" step)."""
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+    return value
+
+
 def _fail(message: str) -> PydanticCustomError:
     return PydanticCustomError("job_setting", message)
 
@@ -157,12 +168,7 @@ class FalSpec(SettingsModel):
     @field_validator("media_expiration", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return parse_duration(value)
-            except ValueError as exc:
-                raise _fail(str(exc)) from None
-        return value
+        return duration_setting(value)
 
     @field_validator("platform_url")
     @classmethod

@@ -79,7 +79,7 @@ from batch.job.settings import (
     SimSpec,
     WebhookSpec,
     _fail,
-    parse_duration,
+    duration_setting,
 )
 from batch.manifest import (
     DEFAULT_MAX_BYTES,
@@ -276,12 +276,7 @@ class JobSpec(SettingsModel):
     @field_validator("upload_max_age", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return parse_duration(value)
-            except ValueError as exc:
-                raise _fail(str(exc)) from None
-        return value
+        return duration_setting(value)
 
     @field_validator("filename")
     @classmethod

@@ -58,22 +58,30 @@ def atomic_writer(dest: Path, *, newline: str | None = "") -> Iterator[IO[str]]:
     raised as `DiskFullError`, a refused write as `NotWritableError`.
     """
     tmp = temp_path(dest)
-    try:
+    with _discarded_on_error(tmp):
         with open(tmp, "w", encoding="utf-8", newline=newline) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
+    fsync_dir(dest.parent)
+
+
+@contextmanager
+def _discarded_on_error(tmp: Path) -> Iterator[None]:
+    """Run the block; on any error remove `tmp`, and raise a full disk or a refused write as
+    the `batch.outputs.faults` error it is."""
+    try:
+        yield
     except OSError as exc:
         _discard(tmp)
-        mapped = host_error(exc, dest.parent)
+        mapped = host_error(exc, tmp.parent)
         if mapped is None:
             raise
         raise mapped from exc
     except BaseException:
         _discard(tmp)
         raise
-    fsync_dir(dest.parent)
 
 
 def _discard(tmp: Path) -> None:
@@ -86,20 +94,10 @@ def _discard(tmp: Path) -> None:
 def write_unsynced(tmp: Path, data: bytes) -> None:
     """Write `data` to a new file `tmp`, not yet made durable (`sync_files` does that). On a
     full disk (`DiskFullError`), or any error, `tmp` is removed."""
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data[: len(data) // 2])
-            crashpoint("download")  # a half-written temp file, for crash tests
-            fh.write(data[len(data) // 2 :])
-    except OSError as exc:
-        _discard(tmp)
-        mapped = host_error(exc, tmp.parent)
-        if mapped is None:
-            raise
-        raise mapped from exc
-    except BaseException:
-        _discard(tmp)
-        raise
+    with _discarded_on_error(tmp), open(tmp, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+        crashpoint("download")  # a half-written temp file, for crash tests
+        fh.write(data[len(data) // 2 :])
 
 
 def sync_files(paths: list[Path]) -> dict[Path, OSError]:
