@@ -2,11 +2,11 @@
 
 fal answers every submit of an account out of credit with a 403 (fal-protocol.md §11 row 4),
 and a submit already on the wire when that starts cannot be called back. So freed slots do not
-become a burst of submits: the window is what keeps up with the accepts — twice the accept rate
-times a submit's shortest recent round trip, at least `MIN_WINDOW`. While submits wait, the
-accept rate is what the window lets through, so the window doubles each round trip, as TCP's
-slow start does; when fal starts refusing, only the few submits on the wire meet the refusal.
-A stop (the first refusal stops the run) turns back the submits still waiting for a place.
+become a burst of submits: the window starts at `MIN_WINDOW`, opens one more place for each
+accepted submit while others wait for one (as TCP's slow start does, so a run that needs many
+submits on the wire gets them within a few round trips), and when none wait settles back to
+what keeps up with the accepts — twice the accept rate times the mean round trip. A stop (the
+first refusal stops the run) turns back the submits still waiting for a place.
 """
 
 from __future__ import annotations
@@ -61,13 +61,15 @@ class SubmitWindow:
         span = max(RATE_SPAN, 4 * (self.rtt or 0.0))
         while self._accepts[0][0] < now - span:
             self._accepts.popleft()
-        # The shortest recent round trip: what the network and fal take, without the time a
-        # submit spent queued behind others (as BBR's min_rtt), so a busy moment does not
-        # widen the window it is stuck in.
-        self.rtt = min(r for _, r in self._accepts)
+        # The mean recent round trip: under load a submit also waits behind the others, and
+        # the window must cover that wait too, or it caps throughput at window / round trip.
+        self.rtt = sum(r for _, r in self._accepts) / len(self._accepts)
+        if self._waiting:  # submits wait for a place: open one more (slow start)
+            self.size = min(self.ceiling, self.size + 1)
+            return
         elapsed = max(now - self._accepts[0][0], self.rtt, 1e-3)
         rate = len(self._accepts) / elapsed
-        self.size = min(self.ceiling, max(MIN_WINDOW, math.ceil(2 * rate * self.rtt)))
+        self.size = min(self.size, max(MIN_WINDOW, math.ceil(2 * rate * self.rtt)))
 
     def _pass_on(self) -> None:
         """Close one place, then give the free places to the next waiters."""

@@ -1,8 +1,11 @@
-"""The window of submits on the wire (`SubmitWindow`), with an injected clock: it grows with
-what the accepts need, never lets a burst of freed slots onto the wire at once, and gives a
-place back on refusal and on cancellation."""
+"""The window of submits on the wire (`SubmitWindow`), with an injected clock: it opens one
+place per accept while submits wait, settles at what the accepts need when none wait, never
+lets a burst of freed slots onto the wire at once, and gives a place back on refusal and on
+cancellation."""
 
 import asyncio
+
+import pytest
 
 from batch.pipeline.window import MIN_WINDOW, SubmitWindow
 
@@ -32,37 +35,43 @@ async def test_a_burst_waits_beyond_the_minimum_window() -> None:
         t.cancel()
 
 
-async def test_the_window_grows_to_twice_the_accept_rate_times_the_round_trip() -> None:
+async def test_the_window_opens_one_place_per_accept_while_submits_wait() -> None:
     clock = Clock()
     window = SubmitWindow(ceiling=100, clock=clock)
-    # 40 accepts over 0.1 s with a 0.1 s round trip: 400/s × 0.1 s × 2 = 80
-    for _ in range(40):
-        await window.acquire()
-        clock.now += 0.0025
-        window.release(0.1)
-    assert window.size == 80 and window.rtt == 0.1
-    assert window.open == 0
+    tasks = await _waiters(window, 10)  # 3 on the wire, 7 waiting
+    for expected in range(4, 8):
+        clock.now += 0.01
+        window.release(0.01)
+        await asyncio.sleep(0)
+        assert window.size == expected
+    assert all(t.done() for t in tasks)
 
 
-async def test_a_slow_moment_does_not_widen_the_window() -> None:
-    """The shortest recent round trip counts, not one stuck behind others."""
+async def test_without_waiters_the_window_shrinks_to_what_the_accepts_need() -> None:
+    """A window opened wide by a burst closes again once nobody waits: at 100 accepts/s and a
+    0.01 s round trip two places are enough, so it is back at the minimum."""
     clock = Clock()
     window = SubmitWindow(ceiling=100, clock=clock)
-    for rtt in (0.002, 0.5, 0.4, 0.002):
+    window.size = 60
+    for _ in range(100):
         await window.acquire()
         clock.now += 0.01
-        window.release(rtt)
-    assert window.rtt == 0.002 and window.size == MIN_WINDOW
+        window.release(0.01)
+    assert window.rtt == pytest.approx(0.01) and window.size == MIN_WINDOW
+    assert window.open == 0
 
 
 async def test_the_ceiling_bounds_the_window() -> None:
     clock = Clock()
     window = SubmitWindow(ceiling=5, clock=clock)
-    for _ in range(20):
-        await window.acquire()
+    tasks = await _waiters(window, 20)
+    for _ in range(10):
         clock.now += 0.001
         window.release(1.0)
-    assert window.size == 5
+        await asyncio.sleep(0)
+    assert window.size == 5 and window.open == 5
+    for t in tasks:
+        t.cancel()
 
 
 async def test_a_cancelled_waiter_leaves_no_place_taken() -> None:
