@@ -29,6 +29,7 @@ class SubmitWindow:
         self.rtt: float | None = None
         self._clock = clock
         self._accepts: deque[tuple[float, float]] = deque()  # (when, round trip)
+        self._rtt_sum = 0.0  # of the round trips in `_accepts`, kept as they come and go
         self._waiting: deque[asyncio.Future[None]] = deque()
 
     def __repr__(self) -> str:
@@ -58,12 +59,13 @@ class SubmitWindow:
     def _accepted(self, rtt: float) -> None:
         now = self._clock()
         self._accepts.append((now, rtt))
+        self._rtt_sum += rtt
         span = max(RATE_SPAN, 4 * (self.rtt or 0.0))
         while self._accepts[0][0] < now - span:
-            self._accepts.popleft()
+            self._rtt_sum -= self._accepts.popleft()[1]
         # The mean recent round trip: under load a submit also waits behind the others, and
         # the window must cover that wait too, or it caps throughput at window / round trip.
-        self.rtt = sum(r for _, r in self._accepts) / len(self._accepts)
+        self.rtt = self._rtt_sum / len(self._accepts)
         if self._waiting:  # submits wait for a place: open one more (slow start)
             self.size = min(self.ceiling, self.size + 1)
             return
