@@ -198,6 +198,11 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+def history_calls(counters: dict[str, Any]) -> int:
+    """Calls of fal's request history (`/v1/models/requests/by-endpoint`) the simulator saw."""
+    return int(counters.get("requests", {}).get("history", 0))
+
+
 def peak_rss_mib(*, children: bool = False) -> float:
     """Peak resident set size in MiB: this process's, or the largest waited-for child's."""
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF

@@ -3,8 +3,13 @@
 N items (default 300) against the simulator in its own process (capacity 20, service 0.2 to
 0.6 s); K kills (default 20), each at a random moment 0.3 to 2 s into a run (seeded), then one
 run to the end. Figures: items completed, output files verified against the ledger (size and
-sha256), payloads fal billed more than once (paid twice), submits flagged `possible_duplicate`
-(a kill between a submit leaving and its answer being recorded), and the final run's exit code.
+sha256), payloads fal billed more than once (paid twice), accepted submits per item, lost
+submits (a kill between a submit's intent being recorded and its answer being recorded) found
+in fal's request history and re-attached, those sent again and flagged `possible_duplicate`
+(the kill came before the submit left), the history calls that cost per recovered item, and
+the final run's exit code. `--history-wait` (default 40 s) bounds how long a lost submit is
+looked for: the simulator's requests end within a second; the default bound of a real run
+(no start_timeout) is minutes.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from common import (
     SimProcess,
     arguments,
     exit_on_sigterm,
+    history_calls,
     machine,
     print_table,
     write_json,
@@ -36,16 +42,17 @@ from batch.outputs import verify_outputs
 KILLS = 20
 
 
-def command(manifest: Path, out: Path, sim: SimProcess) -> list[str]:
+def command(manifest: Path, out: Path, sim: SimProcess, history_wait: str) -> list[str]:
     return [
         sys.executable, "-m", "batch", "run", str(manifest), "--queue-url", sim.url,
-        "--concurrency", "20", "--output", str(out),
+        "--concurrency", "20", "--output", str(out), "--history-wait", history_wait,
     ]  # fmt: skip
 
 
 def main() -> None:
     parser = arguments(__doc__.splitlines()[0], default_n=300)
     parser.add_argument("--kills", type=int, default=KILLS)
+    parser.add_argument("--history-wait", default="40s")
     args = parser.parse_args()
     exit_on_sigterm()
     rng = random.Random(11)
@@ -56,7 +63,7 @@ def main() -> None:
         manifest = write_manifest(Path(tmp) / "m.csv", args.n)
         out = Path(tmp) / "out"
         env = {**os.environ, "FAL_KEY": sim.key}
-        run = command(manifest, out, sim)
+        run = command(manifest, out, sim, args.history_wait)
         killed = 0
         for _ in range(args.kills):
             proc = subprocess.Popen(
@@ -73,7 +80,7 @@ def main() -> None:
             counts = ledger.counts()
             records = [r for key in _keys(ledger) for r in ledger.outputs(key)]
             problems = verify_outputs(out, records)
-            flagged = ledger.possible_duplicates()
+            recovered, flagged = ledger.recovery_counts()
     figures: dict[str, Any] = {
         "items": args.n,
         "kills": killed,
@@ -82,18 +89,35 @@ def main() -> None:
         "file_problems": len(problems),
         "paid_twice": counters["paid_twice"],
         "possible_duplicates": flagged,
+        "recovered": recovered,
+        "accepted_submits_per_item": round(counters["accepted_submits"] / args.n, 4),
+        "history_calls": history_calls(counters),
+        "history_calls_per_recovered": round(history_calls(counters) / max(1, recovered), 2),
         "final_exit_code": final.returncode,
     }
     print_table(
         f"kill -9 at random moments: {args.n} items, {killed} kills, then one run to the end",
-        ["completed", "files verified", "file problems", "paid twice", "flagged", "exit"],
+        [
+            "completed",
+            "files verified",
+            "file problems",
+            "paid twice",
+            "submits/item",
+            "recovered",
+            "sent again",
+            "history calls/recovered",
+            "exit",
+        ],
         [
             [
                 figures["completed"],
                 figures["files_verified"],
                 figures["file_problems"],
                 figures["paid_twice"],
+                figures["accepted_submits_per_item"],
+                figures["recovered"],
                 figures["possible_duplicates"],
+                figures["history_calls_per_recovered"],
                 figures["final_exit_code"],
             ]
         ],

@@ -132,9 +132,22 @@ def test_live_fal_reports_money_under_a_deadline_and_a_locked_account(tmp_path: 
 @pytest.mark.timeout(60)
 def test_kills_reports_completed_and_verified_files_after_kills(tmp_path: Path) -> None:
     """kills.py kills runs and resumes; every item ends completed and its files verified."""
-    figures = run_script("kills.py", tmp_path / "kills.json", "--kills", "2")
+    figures = run_script(
+        "kills.py", tmp_path / "kills.json", "--kills", "2", "--history-wait", "3s"
+    )
     assert figures["completed"] == N and figures["file_problems"] == 0
     assert figures["files_verified"] == N and figures["final_exit_code"] == 0
+    assert figures["paid_twice"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_lost_answers_reports_recoveries_and_nothing_paid_twice(tmp_path: Path) -> None:
+    """lost_answers.py drops submit answers after accept; each is found in the history."""
+    figures = run_script("lost_answers.py", tmp_path / "lost.json")
+    assert figures["completed"] == N and figures["exit_code"] == 0
+    assert figures["paid_twice"] == 0 and figures["accepted_submits_per_item"] == 1.0
+    assert figures["recovered"] == figures["answers_dropped"]
+    assert figures["sent_again"] == 0
 
 
 @pytest.mark.timeout(60)

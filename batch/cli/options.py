@@ -9,7 +9,8 @@ import click
 
 def fal_settings(options: dict[str, Any]) -> dict[str, Any] | None:
     """Pop the options of fal's platform settings out of `options`; the `fal` override."""
-    values = {name: options.pop(name, None) for name in ("ca_bundle", "max_queue_length")}
+    names = ("ca_bundle", "max_queue_length", "history_wait", "platform_url")
+    values = {name: options.pop(name, None) for name in names}
     return {k: v for k, v in values.items() if v is not None} or None
 
 
@@ -39,6 +40,12 @@ def input_options(fn: Any) -> Any:
             type=click.IntRange(min=1),
             help="fal answers 429 beyond this many queued requests (fal_max_queue_length).",
         ),
+        click.option(
+            "--history-wait",
+            help="Look this long (e.g. 10m) for a submit whose answer was lost in fal's request"
+            " history before sending it again (default: from start_timeout and service times).",
+        ),
+        click.option("--platform-url", help="fal's Platform API (request history, prices)."),
         click.option(
             "--max-megapixels",
             type=click.FloatRange(min=0, min_open=True),

@@ -15,6 +15,7 @@ from batch.fal.errors import (
     TlsError,
     TransientError,
 )
+from batch.fal.history import HistoryEntry, HistoryPage
 from batch.fal.jwks import DEFAULT_JWKS_URL, JwksCache
 from batch.fal.platform import DEFAULT_PLATFORM_URL, EndpointPrice, PlatformClient
 from batch.fal.storage import (
@@ -50,6 +51,8 @@ __all__ = [
     "Credentials",
     "EndpointPrice",
     "FalError",
+    "HistoryEntry",
+    "HistoryPage",
     "InProgress",
     "JwksCache",
     "LogEntry",

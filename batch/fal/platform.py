@@ -1,6 +1,6 @@
 """PlatformClient: fal's Platform API (``https://api.fal.ai/v1``), beside the queue.
 
-Today one route: ``GET /v1/models/pricing?endpoint_id=...`` (fal docs: platform-apis/v1/models/
+Two routes. ``GET /v1/models/pricing?endpoint_id=...`` (fal docs: platform-apis/v1/models/
 pricing), the unit price of endpoints for estimating and capping spend:
 
     200 {"prices": [{"endpoint_id": "fal-ai/flux/dev", "unit_price": 0.025, "unit": "image",
@@ -12,9 +12,11 @@ pricing), the unit price of endpoints for estimating and capping spend:
 "docs_url", "request_id"}}`` with 400, 401, 404 or 429; they become the same `FalError` tree
 through the same `Transport` as every other call. One attempt per call, like `QueueClient`.
 
+And ``GET /v1/models/requests/by-endpoint`` (`batch.fal.history`), the account's requests of
+an endpoint, where a submit whose answer was lost can be found.
+
 Built on a shared session (`QueueClient.session`), so TLS settings (``ca_bundle``) are the
-queue client's. More routes (the request history, ``/v1/models/requests/by-endpoint``) belong
-here: each is one ``self._get(call, path, params)`` and a parser of its answer.
+queue client's. Each route is one ``self._get(call, path, params)`` and a parser of its answer.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import aiohttp
 from batch.fal.auth import Credentials
 from batch.fal.client import USER_AGENT
 from batch.fal.errors import NotFoundError, TransientError
+from batch.fal.history import MAX_HISTORY_LIMIT, HistoryPage, iso_time, parse_history
 from batch.fal.transport import Params, Reply, Transport
 
 DEFAULT_PLATFORM_URL = "https://api.fal.ai"
@@ -95,6 +98,34 @@ class PlatformClient:
         if missing:
             raise NotFoundError(f"pricing: fal lists no price for {', '.join(missing)}")
         return {e: found[e] for e in wanted}
+
+    async def requests(
+        self,
+        endpoint_id: str,
+        *,
+        start: float,
+        end: float | None = None,
+        cursor: str | None = None,
+        limit: int = MAX_HISTORY_LIMIT,
+        request_id: str | None = None,
+    ) -> HistoryPage:
+        """One page of the endpoint's request history from `start` (epoch seconds; to `end`,
+        or now), with payloads: pass the page's `next_cursor` to read the next one."""
+        if not 1 <= limit <= MAX_HISTORY_LIMIT:
+            raise ValueError(f"limit must be 1 to {MAX_HISTORY_LIMIT}, not {limit}")
+        params = [
+            ("endpoint_id", _key(endpoint_id)),
+            ("start", iso_time(start)),
+            ("expand", "payloads"),
+            ("limit", str(limit)),
+        ]
+        if end is not None:
+            params.append(("end", iso_time(end)))
+        if request_id is not None:
+            params.append(("request_id", request_id))
+        if cursor is not None:
+            params.append(("cursor", cursor))
+        return parse_history(await self._get("history", "/models/requests/by-endpoint", params))
 
 
 def _key(endpoint_id: str) -> str:

@@ -164,8 +164,11 @@ class FalSpec(SettingsModel):
     # fal's Platform API (prices). Unset: fal's own when the queue is fal's, the simulator's
     # for `queue: local`, none for another queue URL (a proxy or a test server).
     platform_url: str | None = None
+    # How long after its send a submit whose answer was lost is looked for in fal's request
+    # history before it is sent again. Unset: from start_timeout and the observed service times.
+    history_wait: float | None = Field(default=None, ge=0)
 
-    @field_validator("media_expiration", mode="before")
+    @field_validator("media_expiration", "history_wait", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return duration_setting(value)

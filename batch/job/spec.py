@@ -25,7 +25,7 @@ max_image_bytes: 52428800            # local images larger than this are refused
 max_megapixels: 50                   # local images with more pixels are refused
 webhook: {public_url: https://hooks.example.com/fal, listen: "127.0.0.1:8787", jwks_url: ...}
 fal: {runner_hint: lora-a, no_retry: false, store_io: true, media_expiration: 7d,
-      max_queue_length: 100, ca_bundle: /etc/ssl/corp.pem}   # fal's platform settings
+      max_queue_length: 100, ca_bundle: /etc/ssl/corp.pem, history_wait: 10m}
 price: {per_megapixel: 0.03}         # USD, or {per_image: …}; default: fal's pricing API
 budget: {max_usd: 25}                # stop admitting before spend would pass it (needs price)
 ```

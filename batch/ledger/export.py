@@ -47,6 +47,7 @@ FIELDS = (
     "completed_at",
     "error_type",
     "billable_units",
+    "recovered",
 )
 _LISTS = ("paths", "sha256s", "widths", "heights")
 # A spreadsheet takes a cell starting with one of these as a formula (OWASP: CSV injection).
@@ -55,7 +56,8 @@ _JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder for every line, not 
 _SQL = """
     SELECT i.key, i.source, i.endpoint, i.state, i.attempts, i.request_id, i.error_kind,
            i.error_message, i.seed, i.possible_duplicate, i.in_manifest, i.request,
-           i.completed_at, o.path, o.sha256, o.width, o.height, i.error_type, i.billable_units
+           i.completed_at, o.path, o.sha256, o.width, o.height, i.error_type, i.billable_units,
+           i.recovered
     FROM items AS i LEFT JOIN outputs AS o ON o.item_key = i.key
     ORDER BY i.key, o.idx
 """
@@ -107,6 +109,7 @@ def _records(conn: sqlite3.Connection) -> Iterator[dict[str, Any]]:
             "completed_at": _iso(first[12]),
             "error_type": first[17],
             "billable_units": first[18],
+            "recovered": bool(first[19]),
         }
 
 
@@ -120,7 +123,7 @@ def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
     row = dict(record)
     for name in _LISTS:
         row[name] = "|".join("" if v is None else str(v) for v in record[name])
-    for name in ("possible_duplicate", "in_manifest"):
+    for name in ("possible_duplicate", "in_manifest", "recovered"):
         row[name] = "true" if record[name] else "false"
     for name, value in row.items():  # text only: numbers (a negative seed) stay numbers
         if isinstance(value, str):

@@ -188,3 +188,28 @@ def m006_fal_details(conn: sqlite3.Connection) -> None:
     (`X-Fal-Billable-Units`), from which spend is counted where present."""
     conn.execute("ALTER TABLE items ADD COLUMN error_type TEXT")
     conn.execute("ALTER TABLE items ADD COLUMN billable_units REAL")
+
+
+@migration
+def m007_sent_requests(conn: sqlite3.Connection) -> None:
+    """What a submit on its way carried (`sent_payload`, with `submit_started_at` its send
+    time), so that a submit whose answer was lost can be found in fal's request history; the
+    items re-attached that way (`recovered`); and every request id fal ever gave an item of this
+    ledger (`requests`), so that history entries already ours are never claimed twice."""
+    conn.execute("ALTER TABLE items ADD COLUMN sent_payload TEXT")
+    conn.execute("ALTER TABLE items ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0")
+    conn.execute(
+        """
+        CREATE TABLE requests (
+            request_id TEXT PRIMARY KEY,
+            item_key TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            submitted_at REAL NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        "INSERT OR IGNORE INTO requests (request_id, item_key, endpoint, submitted_at)"
+        " SELECT request_id, key, endpoint, coalesce(submitted_at, updated_at) FROM items"
+        " WHERE request_id IS NOT NULL"
+    )

@@ -127,6 +127,8 @@ class ItemRow:
     submit_started_at: float | None = None
     error_type: str | None = None  # fal's `X-Fal-Error-Type` / `error_type` (m006)
     billable_units: float | None = None  # fal's `X-Fal-Billable-Units` of the result (m006)
+    sent_payload: str | None = None  # canonical JSON of the submit on its way (m007)
+    recovered: bool = False  # re-attached from fal's request history after a lost answer (m007)
 
     @cached_property
     def payload(self) -> dict[str, Any]:
@@ -139,6 +141,7 @@ class ItemRow:
         data["state"] = ItemState(data["state"])
         data["possible_duplicate"] = bool(data["possible_duplicate"])
         data["in_manifest"] = bool(data["in_manifest"])
+        data["recovered"] = bool(data.get("recovered", 0))
         data["timings"] = _loads(data["timings"])
         data["nsfw"] = _loads(data["nsfw"])
         return cls(**data)

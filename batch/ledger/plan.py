@@ -76,7 +76,8 @@ _REDO = """
         attempts = 0, request_id = NULL, status_url = NULL, response_url = NULL,
         cancel_url = NULL, possible_duplicate = 0, not_before = NULL, error_kind = NULL,
         error_message = NULL, error_type = NULL, seed = NULL, timings = NULL, nsfw = NULL,
-        billable_units = NULL, updated_at = ?,
+        billable_units = NULL, submit_started_at = NULL, sent_payload = NULL, recovered = 0,
+        updated_at = ?,
         submitted_at = NULL, completed_at = NULL, run_id = COALESCE(?, run_id)
     WHERE key = ?
 """

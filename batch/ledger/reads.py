@@ -68,6 +68,24 @@ class LedgerReads:
             row = self._conn.execute("SELECT count(*) FROM items WHERE possible_duplicate = 1")
             return int(row.fetchone()[0])
 
+    def recovery_counts(self) -> tuple[int, int]:
+        """Submits whose answer was lost: (re-attached from fal's request history, sent again
+        and flagged `possible_duplicate`)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT coalesce(sum(recovered), 0), coalesce(sum(possible_duplicate), 0)"
+                " FROM items"
+            ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def known_request_ids(self, endpoint: str) -> set[str]:
+        """Every request id fal ever gave an item of this ledger at `endpoint`."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT request_id FROM requests WHERE endpoint = ?", (endpoint,)
+            ).fetchall()
+        return {r[0] for r in rows}
+
     def counts(self) -> dict[str, int]:
         """Items by state, every state present."""
         result = dict.fromkeys(ItemState, 0)

@@ -95,9 +95,13 @@ class LedgerTransitions:
         cancel_url: str | None,
         *,
         possible_duplicate: bool = False,
+        recovered: bool = False,
     ) -> None:
-        """pending → submitted, attempts + 1. Commit this before awaiting anything else."""
+        """pending → submitted, attempts + 1. Commit this before awaiting anything else.
+        `recovered`: the request was found in fal's request history after its submit's answer
+        was lost (`batch.pipeline.recovery`). The request id is kept in `requests` for good."""
         with self._tx() as conn:
+            now = self._clock()
             self._update(
                 conn,
                 key,
@@ -105,15 +109,22 @@ class LedgerTransitions:
                 (_P,),
                 "state = 'submitted', attempts = attempts + 1, request_id = ?, status_url = ?,"
                 " response_url = ?, cancel_url = ?, possible_duplicate = possible_duplicate OR ?,"
-                " not_before = NULL, submitted_at = ?, submit_started_at = NULL",
+                " recovered = recovered OR ?, not_before = NULL, submitted_at = ?,"
+                " submit_started_at = NULL, sent_payload = NULL",
                 (
                     request_id,
                     status_url,
                     response_url,
                     cancel_url,
                     possible_duplicate,
-                    self._clock(),
+                    recovered,
+                    now,
                 ),
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO requests (request_id, item_key, endpoint, submitted_at)"
+                " SELECT ?, key, endpoint, ? FROM items WHERE key = ?",
+                (request_id, now, key),
             )
 
     def mark_completed(
@@ -176,7 +187,7 @@ class LedgerTransitions:
                 "mark it failed",
                 (_P, _S),
                 f"state = 'failed', {_COUNT_UNSUBMITTED_TRY}, error_kind = ?, error_message = ?,"
-                " error_type = ?, not_before = NULL, submit_started_at = NULL",
+                " error_type = ?, not_before = NULL, submit_started_at = NULL, sent_payload = NULL",
                 (kind, message, error_type),
             )
 
@@ -199,22 +210,27 @@ class LedgerTransitions:
                 (_P, _S),
                 f"state = 'pending', {_COUNT_UNSUBMITTED_TRY}, error_kind = ?, error_message = ?,"
                 " error_type = ?, not_before = ?, request_id = NULL, status_url = NULL,"
-                " response_url = NULL, cancel_url = NULL, submit_started_at = NULL",
+                " response_url = NULL, cancel_url = NULL, submit_started_at = NULL,"
+                " sent_payload = NULL",
                 (kind, message, error_type, not_before),
             )
 
-    def mark_submitting(self, key: str, sending: bool = True) -> None:
-        """Record (or clear) that a submit of this pending item is on its way to fal. A run
-        that dies before `mark_submitted` leaves it set: the next run treats the item as a
-        possible duplicate instead of assuming fal never saw it."""
+    def mark_submitting(
+        self, key: str, sending: bool = True, *, payload: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record (or clear) that a submit of this pending item is on its way to fal, with what
+        it carries (`payload`, after uploads). A run that dies before `mark_submitted` leaves
+        both set: the next run looks for the request in fal's history instead of assuming fal
+        never saw it."""
+        sent = None if payload is None or not sending else canonical_json(dict(payload))
         with self._tx() as conn:
             self._update(
                 conn,
                 key,
                 "record a submit",
                 (_P,),
-                "submit_started_at = ?",
-                (self._clock() if sending else None,),
+                "submit_started_at = ?, sent_payload = ?",
+                (self._clock() if sending else None, sent),
             )
 
     def mark_ambiguous(self, key: str) -> None:

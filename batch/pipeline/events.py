@@ -24,7 +24,8 @@ class RunStats:
     failed: int = 0
     in_flight: int = 0
     retried: int = 0
-    ambiguous: int = 0
+    ambiguous: int = 0  # lost submit answers sent again (flagged possible_duplicate)
+    recovered: int = 0  # lost submit answers found in fal's request history and re-attached
     status_requests: int = 0
     submits: int = 0
     rate_limited: int = 0
@@ -68,6 +69,7 @@ class RunStats:
             "in_flight": self.in_flight,
             "retried": self.retried,
             "possible_duplicates": self.ambiguous,
+            "recovered": self.recovered,
             "submits": self.submits,
             "status_requests": self.status_requests,
             "rate_limited": self.rate_limited,

@@ -33,6 +33,7 @@ from batch.fal import (
     TransientError,
 )
 from batch.ledger import InvalidTransitionError, ItemRow
+from batch.ledger.models import canonical_json
 from batch.outputs import DiskFullError
 from batch.pipeline.admission import Admission
 from batch.pipeline.budget import Budget
@@ -47,6 +48,7 @@ from batch.pipeline.finish import (
     handle_of,
     retry,
 )
+from batch.pipeline.recovery import Recovery, Sent, Undecided
 from batch.pipeline.uploads import InputFileError, Uploader
 from batch.pipeline.waiting import Waiter
 
@@ -75,6 +77,7 @@ class ItemContext(Finisher):
     uploads: Uploader | None = None  # local images → URLs before each submit
     detach: bool = False  # run --detach: submit only; a webhook receiver collects the results
     budget: Budget | None = None  # budget.max_usd: may this item still be paid for?
+    recovery: Recovery | None = None  # lost submit answers, looked for in fal's history
 
     def progress_tick(self) -> None:
         self.on_change()
@@ -100,9 +103,9 @@ async def run_item(ctx: ItemContext, row: ItemRow, slot: Slot) -> float | None:
     """
     try:
         handle = handle_of(ctx.client, row)
-        fresh = handle is None
+        fresh = False
         if handle is None:
-            handle = await _submit(ctx, row)
+            handle, fresh = await _submit(ctx, row)
         if ctx.detach:
             return None  # `webhook serve` collects it, or a later run re-attaches
         completed = await _wait(ctx, row, handle, fresh=fresh)
@@ -126,29 +129,54 @@ async def run_item(ctx: ItemContext, row: ItemRow, slot: Slot) -> float | None:
     return None
 
 
-async def _submit(ctx: ItemContext, row: ItemRow) -> RequestHandle:
+async def _submit(ctx: ItemContext, row: ItemRow) -> tuple[RequestHandle, bool]:
+    """The item's request at fal, and whether it was sent just now (False: an earlier submit
+    whose answer was lost, found in fal's request history)."""
     if row.attempts >= ctx.policy.attempts:
         await fail(ctx, row, "exhausted", row.error_message or "no attempts left")
+    if row.submit_started_at is not None:
+        # An earlier run sent this submit and died before recording the answer.
+        sent = Sent(row.key, row.endpoint, row.sent_payload or row.request, row.submit_started_at)
+        found = await _recover(ctx, row, sent)
+        if found is not None:
+            return found, False
+        await _note_ambiguous(ctx, row)
     payload = await _payload(ctx, row)
     await _admit(ctx, row)  # from here this item holds a place in the submit window
     round_trip: float | None = None  # of the submit fal accepted
+    handle: RequestHandle | None = None
+    lost: AmbiguousSubmitError | None = None
+    text = ctx.recovery.sending(payload) if ctx.recovery is not None else None
     try:
-        if row.submit_started_at is not None:
-            # An earlier run sent this submit and died before recording the answer.
-            await _note_ambiguous(ctx, row)
-        # The intent, committed before the request leaves.
-        await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key))
+        # The intent and what it carries, committed before the request leaves.
+        sent_at = time.time()
+        await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, payload=payload))
         if _turned_back(ctx, row):  # a stop came while the intent was committed
             await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, sending=False))
             raise Later(time.monotonic())
         if ctx.budget is not None:
             ctx.budget.sending(row.key)
         ctx.stats.submits += 1
-        sent = time.monotonic()
-        handle = await _send(ctx, row, payload)
-        round_trip = time.monotonic() - sent
+        began = time.monotonic()
+        try:
+            handle = await _send(ctx, row, payload)
+        except AmbiguousSubmitError as exc:
+            lost = exc
+        else:
+            round_trip = time.monotonic() - began
     finally:
         ctx.admission.window.release(round_trip)
+        if ctx.recovery is not None and text is not None:
+            ctx.recovery.answered(text, None if handle is None else handle.request_id)
+    if handle is None:
+        # fal may have queued it, and cannot tell us its id: look for it in fal's history,
+        # and only if it is not there submit again, and say so.
+        sent_text = canonical_json(payload)
+        found = await _recover(ctx, row, Sent(row.key, row.endpoint, sent_text, sent_at))
+        if found is not None:
+            return found, False
+        await _note_ambiguous(ctx, row)
+        await retry(ctx, row, lost or AmbiguousSubmitError("submit answer lost"), delay=0.0)
     crashpoints.crashpoint("submit")
     await ctx.writes.write(
         lambda: ctx.ledger.mark_submitted(
@@ -160,11 +188,38 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> RequestHandle:
         )
     )
     ctx.admission.on_accepted()
+    return handle, True
+
+
+async def _recover(ctx: ItemContext, row: ItemRow, sent: Sent) -> RequestHandle | None:
+    """The lost submit's request, found in fal's history and recorded; None: send again."""
+    if ctx.recovery is None:
+        return None
+    try:
+        request_id = await ctx.recovery.find(sent)
+    except Undecided:
+        raise Later(time.monotonic()) from None  # stopping: the next run looks again
+    if request_id is None:
+        return None
+    handle = ctx.client.handle_for(row.endpoint, request_id)
+    await ctx.writes.write(
+        lambda: ctx.ledger.mark_submitted(
+            row.key,
+            request_id,
+            handle.status_url,
+            handle.response_url,
+            handle.cancel_url,
+            recovered=True,
+        )
+    )
+    ctx.stats.recovered += 1
+    log.info("item %s: its lost submit found in fal's history as request %s", row.key, request_id)
     return handle
 
 
 async def _send(ctx: ItemContext, row: ItemRow, payload: dict[str, Any]) -> RequestHandle:
-    """The submit itself; an error answer becomes the item's next state."""
+    """The submit itself; an error answer becomes the item's next state. A lost answer
+    (`AmbiguousSubmitError`) is the caller's."""
     try:
         return await ctx.client.submit(
             row.endpoint,
@@ -175,10 +230,8 @@ async def _send(ctx: ItemContext, row: ItemRow, payload: dict[str, Any]) -> Requ
             headers=ctx.headers,
             max_queue_length=ctx.max_queue_length,
         )
-    except AmbiguousSubmitError as exc:
-        # fal may have queued it, and cannot tell us its id: submit again, and say so.
-        await _note_ambiguous(ctx, row)
-        await retry(ctx, row, exc, delay=0.0)
+    except AmbiguousSubmitError:
+        raise
     except RateLimitedError as exc:
         # Not queued. Everyone slows down; the item keeps its attempt count.
         await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, sending=False))

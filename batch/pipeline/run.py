@@ -40,6 +40,7 @@ from batch.pipeline.item import ItemContext
 from batch.pipeline.planning import plan_run
 from batch.pipeline.policy import RetryPolicy
 from batch.pipeline.prices import known_price, resolve_price
+from batch.pipeline.recovery import make_recovery
 from batch.pipeline.summary import Halt, RunSummary
 from batch.pipeline.uploads import make_uploader
 from batch.pipeline.waiting import Waiter
@@ -128,7 +129,7 @@ async def run_job(
             progress.close(stats)
             summary.stats = stats.as_dict()
             summary.counts = ledger.counts()
-            summary.possible_duplicates = ledger.possible_duplicates()
+            summary.recovered, summary.possible_duplicates = ledger.recovery_counts()
             summary.wall_time = time.monotonic() - started
             ledger.finish_run(run_id, summary.counts, summary.exit_code)
             if not (plan.reused and stats.done == 0 and _derived_current(ledger, output_dir)):
@@ -201,7 +202,8 @@ async def _execute(
             on_status_request=stats.count_status_request,
             hooks=hooks,
         )
-        price = await resolve_price(spec, client, ledger, _platform_url(spec, client))
+        platform_url = _platform_url(spec, client)
+        price = await resolve_price(spec, client, ledger, platform_url)
         if spec.budget is not None and price is None:
             raise JobError(
                 ["budget: needs a price: fal's pricing API gave none; set price: in the job"]
@@ -232,12 +234,17 @@ async def _execute(
             webhook_url=submit_webhook_url(spec, hooks, detach),
             detach=detach,
             budget=make_budget(ledger, price, spec.budget, stop.request, spec.endpoint),
+            recovery=make_recovery(
+                spec, client, ledger, waiter.service, platform_url, stop.draining.is_set
+            ),
         )
         dispatcher = Dispatcher(ctx, stop)
         try:
             await dispatcher.run()
         finally:
             await ctx.aclose()  # what cancelled items handed over (request ids) is kept
+            if ctx.recovery is not None:
+                await ctx.recovery.aclose()
             await uploads.aclose()
         if dispatcher.fatal is not None:
             raise dispatcher.fatal
@@ -283,9 +290,11 @@ def _platform_url(spec: JobSpec, client: QueueClient) -> str | None:
     """Where fal's Platform API is for this run (see `FalSpec.platform_url`)."""
     if spec.fal.platform_url is not None:
         return spec.fal.platform_url
-    if spec.local:
-        return client.base_url  # the simulator serves the pricing route too
-    return DEFAULT_PLATFORM_URL if spec.queue == DEFAULT_QUEUE_URL else None
+    if spec.queue == DEFAULT_QUEUE_URL:
+        return DEFAULT_PLATFORM_URL
+    # The simulator (embedded, or at a URL) serves the Platform routes beside the queue; a
+    # proxy that does not answers 404, and the run goes on without them.
+    return client.base_url
 
 
 def _in_flight_limit(spec: JobSpec) -> int:

@@ -29,6 +29,7 @@ class RunSummary:
     message: str = ""
     warnings: list[str] = field(default_factory=list)
     possible_duplicates: int = 0  # in the whole ledger, not only this run
+    recovered: int = 0  # in the whole ledger: lost submits found in fal's request history
     cost: list[str] = field(default_factory=list)  # with a price: spend (and a dry run's estimate)
 
     @property
@@ -51,7 +52,8 @@ class RunSummary:
             f"{self.counts.get('submitted', 0)} submitted",
             f"  this run: {self.stats.get('completed', 0)} completed, failed by kind: {by_kind}, "
             f"{self.stats.get('retried', 0)} retried, "
-            f"{self.stats.get('possible_duplicates', 0)} possible duplicates",
+            f"{self.stats.get('possible_duplicates', 0)} possible duplicates, "
+            f"{self.stats.get('recovered', 0)} lost submits recovered",
             f"  wall time {self.wall_time:.1f} s, {self.items_per_second:.1f} items/s, "
             f"{self.status_requests_per_item:.2f} status requests per item",
             *self._notes(),
@@ -76,10 +78,16 @@ class RunSummary:
                 "requests in this run (they may still run, so they are never sent again); "
                 "the same command re-attaches"
             )
+        if self.recovered:
+            notes.append(
+                f"  {self.recovered} submits whose answer was lost were found in fal's request "
+                "history and re-attached, not paid twice (results.csv: recovered)"
+            )
         if self.possible_duplicates:
             notes.append(
                 f"  {self.possible_duplicates} items may have been submitted twice "
-                "(an answer was lost in transit; results.csv: possible_duplicate)"
+                "(an answer was lost in transit and fal's request history did not show it; "
+                "results.csv: possible_duplicate)"
             )
         return notes
 

@@ -10,7 +10,8 @@ settled it sets ``data-thumbs`` on <body> to ``ok`` (every one decoded) or ``bro
 
 Item records: ``k`` key, ``s`` state, ``p`` prompt, ``sd`` seed, ``l`` latency (s), ``f`` NSFW
 flagged, ``a`` attempts, ``src`` manifest file:line, ``e`` error, ``d`` possible duplicate,
-``i``/``o`` inputs/outputs as ``[thumbnail URL, link, label]``.
+``r`` recovered from fal's request history, ``i``/``o`` inputs/outputs as
+``[thumbnail URL, link, label]``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,16 @@ def _assets() -> tuple[str, str, str]:
     return page, css, script.replace("__PER_PAGE__", str(PER_PAGE), 1)
 
 
-_TILES = ("total", "completed", "failed", "flagged", "pending", "submitted")
+_TILES = (
+    "total",
+    "completed",
+    "failed",
+    "flagged",
+    "pending",
+    "submitted",
+    "recovered",  # lost submit answers found in fal's history
+    "resubmitted",  # lost submit answers sent again
+)
 
 
 def render_page(

@@ -48,7 +48,7 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one for e
 _SQL = """
     SELECT i.key, i.source, i.state, i.attempts, i.request, i.error_kind, i.error_message,
            i.seed, i.nsfw, i.timings, i.submitted_at, i.completed_at, i.possible_duplicate,
-           o.path, o.width, o.height, o.bytes, i.error_type, i.billable_units
+           o.path, o.width, o.height, o.bytes, i.error_type, i.billable_units, i.recovered
     FROM items AS i LEFT JOIN outputs AS o ON o.item_key = i.key
     ORDER BY i.key, o.idx
 """
@@ -62,6 +62,8 @@ class Report:
     items: int = 0
     counts: Counter[str] = field(default_factory=Counter)
     flagged: int = 0
+    recovered: int = 0  # lost submit answers found in fal's request history
+    resubmitted: int = 0  # lost submit answers sent again (possible duplicates)
     thumbs_made: int = 0
     thumbs_failed: int = 0
     latencies: list[float] = field(default_factory=list)
@@ -186,7 +188,7 @@ def _items(conn: sqlite3.Connection, thumbs: Thumbnailer, report: Report) -> Ite
 def _item(members: Sequence[Sequence[Any]], thumbs: Thumbnailer, report: Report) -> _Item:
     (key, source, state, attempts, request, error_kind, error_message, seed, nsfw, timings,
      submitted_at, completed_at, duplicate) = members[0][:13]  # fmt: skip
-    error_type, units = members[0][17:19]
+    error_type, units, recovered = members[0][17:20]
     payload = _loads(request)
     outputs = [m[13:17] for m in members if m[13] is not None]
     flagged = any(_loads(nsfw) or [])
@@ -194,6 +196,8 @@ def _item(members: Sequence[Sequence[Any]], thumbs: Thumbnailer, report: Report)
     report.items += 1
     report.counts[state] += 1
     report.flagged += flagged
+    report.recovered += bool(recovered)
+    report.resubmitted += bool(duplicate)
     if latency is not None:
         report.latencies.append(latency)
     if state == "completed":
@@ -218,6 +222,8 @@ def _item(members: Sequence[Sequence[Any]], thumbs: Thumbnailer, report: Report)
         record["u"] = units
     if duplicate:
         record["d"] = True
+    if recovered:
+        record["r"] = True
     return _Item(
         record,
         [thumbs.input(url) for url in _input_urls(payload)],
@@ -252,6 +258,7 @@ def _latency(
 def _summary(report: Report) -> dict[str, Any]:
     counts = {s: report.counts.get(s, 0) for s in ("completed", "failed", "pending", "submitted")}
     summary: dict[str, Any] = {"total": report.items, **counts, "flagged": report.flagged}
+    summary["recovered"], summary["resubmitted"] = report.recovered, report.resubmitted
     if report.spend is not None:
         spend = report.spend
         text = f"{usd(spend.spent)} spent"

@@ -86,6 +86,8 @@ class JobStatus:
     spend: JobSpend | None = None
     account_locked: str | None = None  # fal's reason, while it refuses the account new work
     waiting: int = 0  # pending items of the manifest (what a locked account holds back)
+    recovered: int = 0  # lost submit answers found in fal's request history
+    resubmitted: int = 0  # lost submit answers sent again (possible_duplicate)
 
     @property
     def total(self) -> int:
@@ -110,6 +112,7 @@ class JobStatus:
             "spent_usd": self.spent,
             "spent_billed_items": None if self.spend is None else self.spend.billed,
             "account_locked": self.account_locked,
+            "lost_submits": {"recovered": self.recovered, "resubmitted": self.resubmitted},
         }
 
     def text(self) -> str:
@@ -136,6 +139,11 @@ class JobStatus:
                 else f"estimate at {self.price.describe()}"
             )
             lines.append(f"spent: {usd(self.spent)} ({basis})")
+        if self.recovered or self.resubmitted:
+            lines.append(
+                f"lost submit answers: {self.recovered} found in fal's request history"
+                f" (not paid twice), {self.resubmitted} sent again (possible_duplicate)"
+            )
         if self.account_locked is not None:
             lines.append(_locked_line(self.account_locked, self.waiting))
         return "\n".join(lines)
@@ -187,6 +195,7 @@ def job_status(
     """Everything `status` shows, read from the ledger (and the lock file's pid)."""
     status = JobStatus(name, ledger.output_dir, ledger.counts(), ledger.failures(limit=20))
     status.run = _latest_run(ledger, time.time() if now is None else now)
+    status.recovered, status.resubmitted = ledger.recovery_counts()
     if price is not None:
         status.price = price
         status.spend = job_spend(ledger, price, endpoint)

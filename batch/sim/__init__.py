@@ -7,9 +7,10 @@ Modules: `config` (SimConfig, Latency, Price), `faults` (FaultPlan, FaultRule), 
 `paths`, `jobs` (records, outcomes, status bodies), `model` (queue, slots, fal's retries),
 `worker` (one attempt of a job), `billing` (prices, balance, the charge per request),
 `gateway` (counting, faults and auth middlewares), `app` (routes), `submits` (reading a
-submit's headers and parameters), `server` (Simulator, run_forever), `tls`, `clock` (the
-simulator's wall clock; `ManualClock` for tests); `imaging` makes the pixels, `filestore`
-keeps the files, `storage` and `storage_initiate` serve fal's upload flows.
+submit's headers and parameters), `history` (the Platform API's request history), `server`
+(Simulator, run_forever), `tls`, `clock` (the simulator's wall clock; `ManualClock` for
+tests); `imaging` makes the pixels, `filestore` keeps the files, `storage` and
+`storage_initiate` serve fal's upload flows.
 
 It imports only `batch.schema` and `batch.errors` of the package, so it runs and is tested
 alone.

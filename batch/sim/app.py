@@ -6,6 +6,7 @@
     GET  /{root}/requests/{id}[/response]        result (the model's answer, replayed)
     PUT  /{root}/requests/{id}/cancel            cancel
     GET  /v1/models/pricing?endpoint_id=...      the Platform API's prices (`Key` auth)
+    GET  /v1/models/requests/by-endpoint?...     the Platform API's request history (history.py)
     GET  /_sim/counters, /_sim/jobs, /_sim/health   admin, no auth
     GET  /.well-known/jwks.json                  the webhook signing key (webhooks.py), no auth
 
@@ -16,7 +17,8 @@ A submit is refused, in this order: 404 for an app `SimConfig.apps` does not lis
 the account is locked (`billing.py`), 429 from `max_submits_per_second`, 422 for a bad
 `fal_max_queue_length` or body, 429 when more than `fal_max_queue_length` requests wait in the
 endpoint's queue. Every submit that reaches the queue has its platform headers and `fal_`
-query parameters counted (`Counters.submit_params`) and kept on its `JobRecord.sent`.
+query parameters counted (`Counters.submit_params`) and kept on its `JobRecord.sent`. Every
+accepted submit is recorded in the request history before its answer is written.
 """
 
 from __future__ import annotations
@@ -43,9 +45,17 @@ from batch.sim.gateway import (
     observe_middleware,
     rate_limited,
 )
+from batch.sim.history import History
 from batch.sim.jobs import COMPLETED, Job
 from batch.sim.model import Model
-from batch.sim.paths import Target, endpoint_root, parse_request_path, segments
+from batch.sim.paths import (
+    HISTORY_PATH,
+    PRICING_PATH,
+    Target,
+    endpoint_root,
+    parse_request_path,
+    segments,
+)
 from batch.sim.storage import FileStore, lifecycle_ttl, storage_routes
 from batch.sim.submits import MIN_START_TIMEOUT_S as MIN_START_TIMEOUT_S
 from batch.sim.submits import NO_RETRY_VALUES as NO_RETRY_VALUES
@@ -76,6 +86,7 @@ class QueueApp:
         signer: WebhookSigner | None = None,
         clock: Clock = time.time,
         billing: Billing | None = None,
+        history: History | None = None,
     ):
         self.config = config
         self.clock = clock
@@ -84,6 +95,8 @@ class QueueApp:
         self.model = model
         self.counters = counters
         self.billing = billing if billing is not None else model.billing
+        # The simulator passes its own, whose `ended` it hooks to the model's completions.
+        self.history = history if history is not None else History(config, clock)
         self.injector = FaultInjector(config.faults)
         rate = config.max_submits_per_second
         self.bucket = SubmitBucket(rate, clock) if rate is not None else None
@@ -109,7 +122,8 @@ class QueueApp:
                 web.get("/_sim/jobs", self.admin_jobs),
                 web.get("/_sim/health", self.admin_health),
                 web.get("/.well-known/jwks.json", self.jwks),
-                web.get("/v1/models/pricing", self.pricing),
+                web.get(PRICING_PATH, self.pricing),
+                web.get(HISTORY_PATH, self.history.handle),
                 *storage_routes(
                     self.store,
                     token_ttl_s=config.token_ttl_s,
@@ -225,6 +239,7 @@ class QueueApp:
             sent=sent,
         )
         self.counters.record_submit(digest)
+        self.history.accepted(job)
         body = {
             "request_id": job.request_id,
             **jobs.urls(origin, root, job.request_id),

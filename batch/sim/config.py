@@ -22,6 +22,7 @@ LatencyKind = Literal["fixed", "uniform", "lognormal"]
 WEBHOOK_RETRY_DELAYS: tuple[float, ...] = (10, 30, 60, 120, 300, 600, 900, 1200, 1800, 2400)
 DAY_S = 24 * 3600.0
 CancelMode = Literal["signal", "abort"]
+HistoryShows = Literal["ended", "sent"]
 
 
 class Latency(BaseModel):
@@ -151,6 +152,15 @@ class SimConfig(BaseModel):
     `cdn_host` serves the CDN on a second port (`Simulator.cdn_url`), named as the token's
     `base_url`; a `cdn_down` fault turns it on.
 
+    Request history (`GET /v1/models/requests/by-endpoint`, `history.py`): fal does not say
+    when a request shows up there, so the defaults are the worst case for a client looking for
+    a request whose submit answer it lost. `history_shows: ended` lists a request only once it
+    has ended (completed, failed, cancelled, timed out); `sent` lists it from its submit on,
+    with what is not yet known null. `history_lag_s` delays all of it: the history shows the
+    requests as they were that many seconds ago (the simulator's clock). It keeps the newest
+    `history_max_requests` requests, inputs and outputs included (they outlive result
+    retention, so a client can still find them; lower it if payloads are large).
+
     TLS: `tls_names` (default: `localhost`, `127.0.0.1` and `host`) are the names the server
     certificate carries; a name the client does not connect by gives a hostname mismatch.
     """
@@ -192,6 +202,9 @@ class SimConfig(BaseModel):
     validation_error_units: Annotated[float, Field(ge=0)] = 0.0
     send_billable_units: bool = True
     balance_usd: float | None = None
+    history_shows: HistoryShows = "ended"
+    history_lag_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    history_max_requests: Annotated[int, Field(ge=1)] = 100_000
 
     @field_validator("latency", mode="before")
     @classmethod

@@ -2,11 +2,11 @@
 
 A plan is a seed plus an ordered list of rules. Each request is classified by route (`submit`,
 `status`, `stream`, `result`, `cancel`, `token`, `upload` (the CDN uploads and the signed PUT of
-the initiate flow), `initiate`, `files`, `pricing`, `other`); the first rule
-that matches the route and fires wins. A rule fires with probability `rate`, after letting the
-first `skip` matching requests through, and at most `max` times. Each rule draws from its own
-generator seeded by (plan seed, rule index), so a run with the same request sequence gets the
-same faults.
+the initiate flow), `initiate`, `files`, `pricing`, `history` (the Platform API's request list),
+`other`); the first rule that matches the route and fires wins. A rule fires with probability
+`rate`, after letting the first `skip` matching requests through, and at most `max` times. Each
+rule draws from its own generator seeded by (plan seed, rule index), so a run with the same
+request sequence gets the same faults.
 
 Fault kinds:
 
@@ -92,6 +92,7 @@ RouteKind = Literal[
     "initiate",
     "files",
     "pricing",
+    "history",
     "other",
     "webhook",
 ]

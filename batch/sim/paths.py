@@ -14,6 +14,8 @@ NAMESPACES = frozenset({"workflows", "comfy"})
 RESERVED = frozenset({"_sim", "storage", "files", ".well-known", "v1"})
 ADMIN_PREFIXES = ("/_sim/", "/.well-known/")
 QUEUE_ROUTES = frozenset({"submit", "status", "stream", "result", "cancel"})
+PRICING_PATH = "/v1/models/pricing"
+HISTORY_PATH = "/v1/models/requests/by-endpoint"  # the Platform API's request history
 
 _ACTIONS: dict[tuple[str, ...], tuple[str, str]] = {
     (): ("result", "GET"),
@@ -85,8 +87,10 @@ def classify(method: str, path: str) -> str | None:
         return "files" if method in ("GET", "HEAD") else "upload"
     if path.startswith("/storage/"):
         return "other"
-    if path == "/v1/models/pricing":
+    if path == PRICING_PATH:
         return "pricing"
+    if path == HISTORY_PATH:
+        return "history"
     if path.startswith("/v1/"):
         return "other"
     if method == "POST":

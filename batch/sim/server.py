@@ -10,6 +10,9 @@ Jobs submitted with `?fal_webhook=<url>` are delivered there, signed (`sim.webho
 lifetimes and the submit rate limit on a clock the caller advances (`clock.py`); the default is
 `time.time`.
 
+`sim.history` is what `GET /v1/models/requests/by-endpoint` lists (`history.py`): every
+accepted request, its end recorded when the model completes it.
+
 `sim.billing` holds the prices and the balance (`sim.billing.top_up(5)`); the money counters are
 on `sim.counters`. With `cdn_host` (or a `cdn_down` fault) the CDN is served on a port of its own
 too, `sim.cdn_url`, which the storage token names as `base_url`; with a `cdn_down` fault of
@@ -41,7 +44,8 @@ from batch.sim.billing import Billing
 from batch.sim.clock import Clock
 from batch.sim.config import SimConfig
 from batch.sim.counters import Counters
-from batch.sim.jobs import JobRecord
+from batch.sim.history import History
+from batch.sim.jobs import Job, JobRecord
 from batch.sim.model import Model
 from batch.sim.storage import FileStore
 from batch.sim.tls import make_tls
@@ -66,6 +70,7 @@ class Simulator:
         self.store = FileStore(clock)
         self.signer = WebhookSigner()
         self.webhooks = WebhookSender(self.config, self.counters, self.signer)
+        self.history = History(self.config, clock)
         self._model: Model | None = None
         self._runner: web.AppRunner | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -130,9 +135,16 @@ class Simulator:
         await model.start()
         self._model = model
         await self.webhooks.start()
-        model.on_complete = self.webhooks.deliver
+        model.on_complete = self._completed
         queue_app = QueueApp(
-            config, self.store, model, self.counters, self.signer, self.clock, self.billing
+            config,
+            self.store,
+            model,
+            self.counters,
+            self.signer,
+            self.clock,
+            self.billing,
+            self.history,
         )
         runner = web.AppRunner(
             queue_app.build(),
@@ -155,6 +167,11 @@ class Simulator:
         except BaseException:
             await self.stop()
             raise
+
+    def _completed(self, job: Job) -> None:
+        """The model's one completion hook: the history keeps the output, then the webhook."""
+        self.history.ended(job)
+        self.webhooks.deliver(job)
 
     async def _start_cdn(self, runner: web.AppRunner, ssl_context: ssl.SSLContext | None) -> int:
         """The CDN host's port: a second site of the same app, or, when a `cdn_down` fault of

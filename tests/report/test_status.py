@@ -59,7 +59,7 @@ async def test_status_after_a_run_groups_failures_with_an_example(make_runner, r
     run = data["run"]
     assert (run["id"], run["state"], run["exit_code"], run["done"]) == (1, "finished", 1, 5)
     assert run["eta_seconds"] is None and run["remaining"] == 0
-    assert data["spent_usd"] is None
+    assert data["spent_usd"] > 0  # the simulator at the queue URL states the price too
 
 
 def _live_ledger(out: Path, clock: list[float]) -> None:

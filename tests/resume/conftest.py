@@ -73,6 +73,7 @@ class Harness:
         args = [sys.executable, "-m", "batch", command, str(self.target)]
         if command == "run":
             args += ["--queue-url", self.sim.url, "--concurrency", "4", "--rate", "1000"]
+            args += ["--history-wait", "2s"]  # a lost submit: looked for 2 s, not minutes
         return [*args, "--output", str(self.out), *extra]
 
     async def start(self, *extra: str, crash: str | None = None) -> asyncio.subprocess.Process:

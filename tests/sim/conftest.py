@@ -23,6 +23,7 @@ from batch.sim import Simulator
 
 ENDPOINT = "fal-ai/firered-image-edit"
 WAIT_S = 10.0  # upper bound for anything a test waits on; never reached when things work
+HISTORY_PATH = "/v1/models/requests/by-endpoint"  # the Platform API's request history
 
 
 def png_data_uri(
@@ -85,6 +86,21 @@ class SimClient:
 
     async def result(self, submitted: dict[str, Any]) -> Reply:
         return await self.call("GET", submitted["response_url"])
+
+    async def history(
+        self, params: dict[str, str] | list[tuple[str, str]] | None = None, endpoint: str = ""
+    ) -> Reply:
+        """`GET /v1/models/requests/by-endpoint`; a dict of params without `endpoint_id` gets
+        `endpoint` (default: this client's), a list of pairs is sent as it is."""
+        if not isinstance(params, list):
+            params = {"endpoint_id": endpoint or self.endpoint, **(params or {})}
+        return await self.call("GET", HISTORY_PATH, params=params)
+
+    async def wait_ended(self, count: int) -> None:
+        """Wait until `count` jobs exist and all have completed (read off the simulator)."""
+        async with asyncio.timeout(WAIT_S):
+            while len(self.sim.jobs) < count or any(r.completed_at is None for r in self.sim.jobs):
+                await asyncio.sleep(0.005)
 
 
 StartSim = Callable[..., Awaitable[SimClient]]

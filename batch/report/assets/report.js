@@ -62,6 +62,7 @@
     head.appendChild(el('span', 'badge ' + it.s, it.s));
     if (it.f) head.appendChild(el('span', 'badge nsfw', 'NSFW'));
     if (it.d) head.appendChild(el('span', 'badge dup', 'possible duplicate'));
+    if (it.r) head.appendChild(el('span', 'badge recovered', 'recovered from fal history'));
     c.appendChild(head);
     var pair = el('div', 'pair');
     var ins = el('div', 'side inputs');
