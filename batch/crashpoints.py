@@ -4,7 +4,8 @@ A test arms one with `FIRERED_BATCH_CRASH=NAME:N` in the environment of a `firer
 command (the CLI calls `arm_from_env`; the library never reads the environment for it): the Nth
 pass through `crashpoint(NAME)` kills the process with SIGKILL, exactly as `kill -9` would at
 that instant. Disarmed (always, outside tests) a crashpoint costs one comparison. Names:
-`submit` (fal accepted a request, the ledger does not know yet), `download` (an output file
+`intent` (a submit's intent is recorded, the submit not sent yet), `submit` (fal accepted a
+request, the ledger does not know yet), `download` (an output file
 half written), `ledger` (inside the transaction that completes an item).
 """
 

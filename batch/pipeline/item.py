@@ -151,6 +151,7 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> tuple[RequestHandle, bool]:
         # The intent and what it carries, committed before the request leaves.
         sent_at = time.time()
         await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, payload=payload))
+        crashpoints.crashpoint("intent")
         if _turned_back(ctx, row):  # a stop came while the intent was committed
             await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, sending=False))
             raise Later(time.monotonic())

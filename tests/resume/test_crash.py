@@ -78,6 +78,27 @@ async def test_kill_at_a_crashpoint_then_resume(harness, point):
         assert sorted(marked) == sorted(unknown)
 
 
+async def test_a_kill_before_the_submit_left_is_sent_again_once_the_history_says_so(harness):
+    """Killed after the intent was recorded and before the submit left: fal never saw it, the
+    history cannot show it, so after the bound (2 s here) it is sent — once — and flagged."""
+    h = harness
+    h.write_manifest(h.items(8))
+    killed = await h.run(crash="intent:3")
+    assert killed.code == -signal.SIGKILL, killed.err
+    unsent = [r for r in h.all_rows() if r.submit_started_at is not None]
+    assert unsent and all(h.submits(r) == 0 for r in unsent)
+    history_before = h.sim.counters.requests_for("history")
+
+    await h.resume_until_done()
+
+    rows = {r.key: r for r in h.check_all_done()}
+    assert h.sim.counters.requests_for("history") > history_before  # it was looked for
+    for row in unsent:
+        assert rows[row.key].possible_duplicate and not rows[row.key].recovered
+        assert h.submits(rows[row.key]) == 1  # flagged, but paid once
+    assert h.sim.counters.paid_twice == 0
+
+
 async def test_sigkill_at_random_moments_then_resume(harness):
     h = harness
     h.write_manifest(h.items(N_ITEMS))
