@@ -37,7 +37,8 @@ def test_a_submit_on_its_way_keeps_what_it_carries_until_answered(tmp_path: Path
         row = led.get("a")
         assert row is not None
         assert (row.sent_payload, row.submit_started_at, row.recovered) == (None, None, False)
-        assert led.known_request_ids(ENDPOINT) == {"req-1"}
+        assert led.known_request_ids(["req-1", "req-x"]) == {"req-1"}
+        assert led.request_owner("req-1") == "a" and led.request_owner("req-x") is None
 
 
 def test_known_request_ids_outlive_retries(tmp_path: Path) -> None:
@@ -48,8 +49,8 @@ def test_known_request_ids_outlive_retries(tmp_path: Path) -> None:
         led.mark_retry("a", "transient", "500", None)  # the item forgets req-1
         led.mark_submitting("a", payload={"prompt": "a"})
         led.mark_submitted("a", "req-2", *_urls("req-2"))
-        assert led.known_request_ids(ENDPOINT) == {"req-1", "req-2"}
-        assert led.known_request_ids("other/endpoint") == set()
+        assert led.known_request_ids(["req-1", "req-2", "req-3"]) == {"req-1", "req-2"}
+        assert led.request_owner("req-1") == "a"
 
 
 def test_recovered_and_resubmitted_are_counted_and_exported(tmp_path: Path) -> None:
@@ -103,6 +104,35 @@ def test_m007_backfills_request_ids_of_an_older_ledger(
     assert "requests" not in tables
     with Ledger.open(out) as led:
         assert "m007_sent_requests" in led.applied_migrations()
-        assert led.known_request_ids(ENDPOINT) == {"old-req"}
+        assert led.known_request_ids(["old-req"]) == {"old-req"}
         row = led.get("b")
         assert row is not None and (row.recovered, row.sent_payload) == (False, None)
+
+
+def test_a_salvaged_old_ledger_still_knows_the_request_ids_its_items_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Salvage migrates an empty ledger (m007's backfill finds nothing), then copies the items:
+    the ids they hold must still count as ours, or a lost submit could claim one."""
+    from batch.ledger.salvage import Salvaged, _copy_all
+
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    shipped = list(mig.MIGRATIONS)
+    upto = [name for name, _ in shipped].index("m006_fal_details") + 1
+    with monkeypatch.context() as m:
+        m.setattr(mig, "MIGRATIONS", shipped[:upto])
+        with Ledger.open(old_dir) as old:
+            old.plan(_items("a", "b"))
+    conn = sqlite3.connect(old_dir / "ledger.sqlite")
+    try:
+        with conn:
+            conn.execute(
+                "UPDATE items SET state = 'submitted', request_id = 'req-a' WHERE key = 'a'"
+            )
+    finally:
+        conn.close()
+    new_dir.mkdir()
+    _copy_all(old_dir / "ledger.sqlite", new_dir / "ledger.sqlite", Salvaged(tmp_path))
+    with Ledger.open(new_dir, create=False) as led:
+        assert led.known_request_ids(["req-a", "req-b"]) == {"req-a"}
+        assert led.request_owner("req-a") == "a"

@@ -161,8 +161,8 @@ class FalSpec(SettingsModel):
     # fal_max_queue_length (429 past it)
     max_queue_length: int | None = Field(default=None, ge=1, le=2**63 - 1)
     ca_bundle: str | None = None  # CA file for https; default: the system's (SSL_CERT_FILE)
-    # fal's Platform API (prices). Unset: fal's own when the queue is fal's, the simulator's
-    # for `queue: local`, none for another queue URL (a proxy or a test server).
+    # fal's Platform API (prices, request history). Unset: fal's own when the queue is fal's,
+    # else the queue's own address (the simulator serves it; a proxy answers 404: none).
     platform_url: str | None = None
     # How long after its send a submit whose answer was lost is looked for in fal's request
     # history before it is sent again. Unset: from start_timeout and the observed service times.

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from batch.ledger.models import ITEM_COLUMNS, FailureGroup, ItemRow, ItemState
+from batch.ledger.plan import LOOKUP, chunked
 from batch.outputs.naming import OutputRecord
 
 _COLS = ", ".join(ITEM_COLUMNS)
@@ -78,13 +79,30 @@ class LedgerReads:
             ).fetchone()
         return int(row[0]), int(row[1])
 
-    def known_request_ids(self, endpoint: str) -> set[str]:
-        """Every request id fal ever gave an item of this ledger at `endpoint`."""
+    def known_request_ids(self, request_ids: Collection[str]) -> set[str]:
+        """Of these request ids, the ones fal gave an item of this ledger: now (`items`, also
+        after a salvage) or ever (`requests`)."""
+        found: set[str] = set()
+        for part in chunked(request_ids, LOOKUP):
+            marks = ", ".join("?" * len(part))
+            with self._lock:
+                rows = self._conn.execute(
+                    f"SELECT request_id FROM requests WHERE request_id IN ({marks}) UNION"
+                    f" SELECT request_id FROM items WHERE request_id IN ({marks})",
+                    (*part, *part),
+                ).fetchall()
+            found.update(r[0] for r in rows)
+        return found
+
+    def request_owner(self, request_id: str) -> str | None:
+        """The item that fal's request `request_id` belongs to, if any."""
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT request_id FROM requests WHERE endpoint = ?", (endpoint,)
-            ).fetchall()
-        return {r[0] for r in rows}
+            row = self._conn.execute(
+                "SELECT item_key FROM requests WHERE request_id = ? UNION ALL"
+                " SELECT key FROM items WHERE request_id = ? LIMIT 1",
+                (request_id, request_id),
+            ).fetchone()
+        return None if row is None else str(row[0])
 
     def counts(self) -> dict[str, int]:
         """Items by state, every state present."""

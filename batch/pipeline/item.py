@@ -132,21 +132,22 @@ async def run_item(ctx: ItemContext, row: ItemRow, slot: Slot) -> float | None:
 async def _submit(ctx: ItemContext, row: ItemRow) -> tuple[RequestHandle, bool]:
     """The item's request at fal, and whether it was sent just now (False: an earlier submit
     whose answer was lost, found in fal's request history)."""
-    if row.attempts >= ctx.policy.attempts:
-        await fail(ctx, row, "exhausted", row.error_message or "no attempts left")
     if row.submit_started_at is not None:
-        # An earlier run sent this submit and died before recording the answer.
+        # An earlier run sent this submit and died before recording the answer: looked for
+        # first (it sends nothing), so a request live at fal is never failed as exhausted.
         sent = Sent(row.key, row.endpoint, row.sent_payload or row.request, row.submit_started_at)
         found = await _recover(ctx, row, sent)
         if found is not None:
             return found, False
         await _note_ambiguous(ctx, row)
+    if row.attempts >= ctx.policy.attempts:
+        await fail(ctx, row, "exhausted", row.error_message or "no attempts left")
     payload = await _payload(ctx, row)
     await _admit(ctx, row)  # from here this item holds a place in the submit window
     round_trip: float | None = None  # of the submit fal accepted
     handle: RequestHandle | None = None
     lost: AmbiguousSubmitError | None = None
-    text = ctx.recovery.sending(payload) if ctx.recovery is not None else None
+    token = ctx.recovery.sending(payload) if ctx.recovery is not None else None
     try:
         # The intent and what it carries, committed before the request leaves.
         sent_at = time.time()
@@ -167,8 +168,8 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> tuple[RequestHandle, bool]:
             round_trip = time.monotonic() - began
     finally:
         ctx.admission.window.release(round_trip)
-        if ctx.recovery is not None and text is not None:
-            ctx.recovery.answered(text, None if handle is None else handle.request_id)
+        if ctx.recovery is not None and token is not None:
+            ctx.recovery.answered(token, None if handle is None else handle.request_id)
     if handle is None:
         # fal may have queued it, and cannot tell us its id: look for it in fal's history,
         # and only if it is not there submit again, and say so.
@@ -198,9 +199,17 @@ async def _recover(ctx: ItemContext, row: ItemRow, sent: Sent) -> RequestHandle 
         return None
     try:
         request_id = await ctx.recovery.find(sent)
-    except Undecided:
-        raise Later(time.monotonic()) from None  # stopping: the next run looks again
+    except Undecided as exc:
+        if ctx.draining():
+            raise Later(time.monotonic()) from None  # stopping: the next run looks again
+        log.warning("item %s: its lost submit is left for a later run: %s", row.key, exc)
+        raise LeftForLater() from None  # never sent again on a guess
     if request_id is None:
+        return None
+    ctx.writes.flush()  # every request id recorded so far is in the ledger
+    owner = ctx.ledger.request_owner(request_id)
+    if owner is not None and owner != row.key:  # never one request for two items
+        log.error("item %s: request %s found in fal's history is %s's", row.key, request_id, owner)
         return None
     handle = ctx.client.handle_for(row.endpoint, request_id)
     await ctx.writes.write(

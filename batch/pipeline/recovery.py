@@ -4,21 +4,23 @@ fal's queue has no idempotency key: when a submit's answer is lost (the connecti
 fal accepted it, or the run died between sending it and recording its request id), fal may run
 it without us knowing its id. Before such an item is sent again, its submit — exactly what was
 sent, and when (`Ledger.mark_submitting`) — is looked for in the endpoint's request history
-(`PlatformClient.requests`): an entry with the same payload, sent near the same time, whose id
-the ledger does not already hold. Found: the item is re-attached to it and never sent again.
+(`batch.pipeline.history_scan`): an entry with the same payload, sent near the same time, whose
+id is nobody's yet. Found: the item is re-attached to it and never sent again.
 
 fal does not say when a request first shows in its history; the worst case is only once it
 ended (possibly after a lag). So an item not found yet is looked for again, with growing pauses,
 until a bound derived from the job's `start_timeout` (or a queue allowance) and the run's
 observed service times (`fal.history_wait` overrides it); only then is it sent again and
-flagged `possible_duplicate`. One look reads the history from the earliest waiting send time on,
-a page of 100 at a time, and serves every item waiting at that endpoint; it stops paging once
-each has a candidate, and after `MAX_PAGES` pages.
+flagged `possible_duplicate`. A look that could not read back to the item's send time (more
+requests ended since than a look reads) decides nothing: at the bound the item is left as it is
+for a later run (`Undecided`), never sent again on a guess. One look serves every item waiting
+at that endpoint.
 
 Identical payloads (the same edit twice, random seeds) are interchangeable: each waiting item
-takes the unclaimed entry sent nearest its own send. While another submit of the same payload
-is still unanswered in this run, the decision waits (that answer may name an entry). More
-matching entries than waiting items means someone else sends that payload too; it is said.
+takes the unclaimed entry sent nearest its own send. A submit of the same payload that was on
+the wire during a look may be one of its entries: the items wait for its answer (which claims
+its id) before taking any. More matching entries than waiting items means someone else sends
+that payload too; it is said.
 """
 
 from __future__ import annotations
@@ -29,49 +31,48 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass
 
 from batch.fal import (
     AuthError,
     FalError,
-    HistoryEntry,
     NotFoundError,
     PermanentError,
     PlatformClient,
     QueueClient,
 )
+from batch.fal.history import MAX_HISTORY_LIMIT
 from batch.job import JobSpec
 from batch.ledger import Ledger
-from batch.ledger.models import canonical_json
+from batch.pipeline.history_scan import (
+    MIN_LIMIT,
+    Known,
+    Look,
+    Sent,
+    match_key,
+    nearest,
+    scan,
+)
 from batch.pipeline.waiting import ServiceTimes
+
+__all__ = ["Recovery", "Sent", "Undecided", "history_bound", "make_recovery"]
 
 log = logging.getLogger("batch.run")
 
-SKEW_S = 120.0  # how far fal's sent_at may lie from ours: clock skew plus the submit's trip
 SETTLE_S = 30.0  # how long after it ended a request may take to show in the history
 QUEUE_ALLOWANCE_S = 300.0  # how long a request may wait in fal's queue without start_timeout
 MIN_SERVICE_S = 60.0  # the service time assumed before any was observed
 FIRST_LOOK_S = 2.0  # the first look, after the item's answer was lost
+MIN_PAUSE_S = 0.1  # never two looks back to back
 MAX_PAUSE_S = 30.0  # the longest pause between two looks
-MAX_PAGES = 20  # pages (of 100 requests) one look reads
 STOP_SLICE_S = 0.5  # how often a pause looks whether the run is stopping
+ANSWER_WAIT_S = 120.0  # the longest a look waits for the answers of submits on the wire
 
 
 class Undecided(Exception):
-    """The run is stopping before the history could tell: the item stays as the ledger has
-    it (a submit on its way), and the next run looks again."""
-
-
-@dataclass(frozen=True)
-class Sent:
-    """A submit whose answer was lost: the item, where, exactly what, and when (epoch s)."""
-
-    key: str
-    endpoint: str
-    payload: str  # canonical JSON
-    sent_at: float
+    """The history could not tell (the run is stopping, or it could not be read back far
+    enough): the item stays as the ledger has it — a submit on its way — for a later look."""
 
 
 @dataclass(eq=False)
@@ -79,15 +80,10 @@ class _Wait:
     sent: Sent
     give_up: float  # epoch seconds
     future: asyncio.Future[str | None]
+    key: str = ""  # the payload's match key
 
-
-@dataclass
-class _Look:
-    """What one look at an endpoint's history found for its waiting items."""
-
-    candidates: dict[str, list[HistoryEntry]] = field(default_factory=lambda: defaultdict(list))
-    entries: int = 0
-    with_payload: int = 0
+    def __post_init__(self) -> None:
+        self.key = match_key(json.loads(self.sent.payload))
 
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -96,14 +92,14 @@ Sleep = Callable[[float], Awaitable[None]]
 class Recovery:
     """Finds lost submits in fal's history for the items of one run (see the module doc).
 
-    `known(endpoint)`: the request ids the ledger holds; `bound()`: seconds after its send
-    that an item is looked for. `platform` None: no history (another queue, or `store_io`
-    off): every lost submit is sent again at once, flagged."""
+    `known(ids)`: which of these request ids the ledger holds; `bound()`: seconds after its
+    send that an item is looked for. `platform` None: no history (`store_io` off, or no
+    Platform API): every lost submit is sent again at once, flagged."""
 
     def __init__(
         self,
         platform: PlatformClient | None,
-        known: Callable[[str], set[str]],
+        known: Known,
         bound: Callable[[], float],
         *,
         clock: Callable[[], float] = time.time,
@@ -118,7 +114,11 @@ class Recovery:
         self._draining = draining
         self._waits: list[_Wait] = []
         self._claimed: set[str] = set()  # ids taken by a look, or answered to this run
-        self._sending: Counter[str] = Counter()  # payloads with a submit still unanswered
+        self._wire: dict[int, str] = {}  # submits on the wire: token -> payload match key
+        self._tokens = 0
+        self._answer = asyncio.Event()
+        self._truncated: set[str] = set()  # endpoints whose last look was cut short
+        self._limit = MAX_HISTORY_LIMIT
         self._task: asyncio.Task[None] | None = None
         self._new = asyncio.Event()
         self.stats: Counter[str] = Counter()  # recovered, not_found, looks, pages, shared
@@ -127,23 +127,22 @@ class Recovery:
     def enabled(self) -> bool:
         return self._platform is not None
 
-    def sending(self, payload: Any) -> str:
-        """A submit of `payload` leaves; returns its canonical text for `answered`."""
-        text = canonical_json(payload)
-        self._sending[text] += 1
-        return text
+    def sending(self, payload: object) -> int:
+        """A submit of `payload` leaves; returns its token for `answered`."""
+        self._tokens += 1
+        self._wire[self._tokens] = match_key(payload)
+        return self._tokens
 
-    def answered(self, text: str, request_id: str | None = None) -> None:
-        """The submit of `text` got its answer (`request_id` when fal accepted it), or none."""
-        self._sending[text] -= 1
-        if self._sending[text] <= 0:
-            del self._sending[text]
+    def answered(self, token: int, request_id: str | None = None) -> None:
+        """The submit `token` got its answer (`request_id` when fal accepted it), or none."""
+        self._wire.pop(token, None)
         if request_id is not None:
             self._claimed.add(request_id)
+        self._answer.set()
 
     async def find(self, sent: Sent) -> str | None:
         """The request id of this lost submit, or None once the history did not show it
-        within the bound (send it again). Raises `Undecided` if the run stops first."""
+        within the bound (send it again). Raises `Undecided` when it cannot tell."""
         if self._platform is None:
             return None
         loop = asyncio.get_running_loop()
@@ -163,7 +162,7 @@ class Recovery:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        self._resolve(self._waits, Undecided())
+        self._resolve(self._waits, Undecided("the run ended"))
 
     async def _run(self) -> None:
         pause = self._first_pause()
@@ -172,14 +171,11 @@ class Recovery:
                 self._new.clear()
                 await self._pause(pause)
                 if self._draining():
-                    self._resolve(self._waits, Undecided())
+                    self._resolve(self._waits, Undecided("the run is stopping"))
                     return
                 for endpoint in sorted({w.sent.endpoint for w in self._waits}):
-                    await self._look(
-                        endpoint, [w for w in self._waits if w.sent.endpoint == endpoint]
-                    )
-                now = self._clock()
-                self._resolve([w for w in self._waits if w.give_up <= now], None)
+                    await self._look(endpoint)
+                self._give_up(self._clock())
                 pause = self._first_pause() if self._new.is_set() else min(2 * pause, MAX_PAUSE_S)
         except Exception as exc:  # never leave an item waiting on a dead task
             log.exception("looking for lost submits in fal's request history failed")
@@ -189,17 +185,35 @@ class Recovery:
         return min(FIRST_LOOK_S, max(self._bound(), 0.0) / 4)
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep until the next look (no later than the first give-up, so the last look is made
-        at it), waking early when the run stops."""
-        until = min(self._clock() + seconds, min(w.give_up for w in self._waits))
-        while (left := until - self._clock()) > 0 and not self._draining():
-            await self._sleep(min(left, STOP_SLICE_S))
+        """Sleep until the next look — no later than the first give-up, so that the last look
+        is made at it — counting the time slept, not the clock (which may jump)."""
+        due = min(w.give_up for w in self._waits) - self._clock()
+        target = max(MIN_PAUSE_S, min(seconds, due))
+        slept = 0.0
+        while slept < target and not self._draining():
+            step = min(target - slept, STOP_SLICE_S)
+            await self._sleep(step)
+            slept += step
 
-    async def _look(self, endpoint: str, waits: list[_Wait]) -> None:
+    def _give_up(self, now: float) -> None:
+        """Items past their bound: sent again (None), unless their history could not be read
+        back far enough."""
+        for wait in [w for w in self._waits if w.give_up <= now]:
+            if wait.sent.endpoint in self._truncated:
+                self._resolve([wait], Undecided("fal's history is too long to read back"))
+            else:
+                self._resolve([wait], None)
+
+    async def _look(self, endpoint: str) -> None:
         assert self._platform is not None
+        waits = [w for w in self._waits if w.sent.endpoint == endpoint]
         self.stats["looks"] += 1
+        on_wire = set(self._wire)  # submits that may be among the entries this look reads
+        first_new = self._tokens + 1
         try:
-            look = await self._read(endpoint, waits)
+            look = await scan(
+                self._platform, endpoint, [w.sent for w in waits], self._known, self._limit
+            )
         except (AuthError, NotFoundError, PermanentError) as exc:
             log.warning(
                 "fal's request history cannot be read (%s): items whose submit answer was lost"
@@ -210,53 +224,44 @@ class Recovery:
             self._resolve(self._waits, None)
             return
         except FalError as exc:  # transient: look again next time, until the bound
+            self._limit = max(MIN_LIMIT, self._limit // 2)  # pages of big payloads time out
             log.info("fal's request history did not answer (%s); looking again", exc)
             return
-        if look.entries and not look.with_payload:
-            log.warning(
-                "fal's request history keeps no payloads for %s (store_io off for this"
-                " account?): %d lost submits cannot be matched and are sent again",
-                endpoint,
-                len(waits),
-            )
-            self._resolve(waits, None)
-            return
+        finally:
+            on_wire |= {t for t in self._wire if t >= first_new}
+        self.stats["pages"] += look.pages
+        if look.truncated:
+            self._truncated.add(endpoint)
+        else:
+            self._truncated.discard(endpoint)
+        if look.without_payload and not self.stats["said_no_payload"]:
+            self.stats["said_no_payload"] = 1
+            log.info("fal's request history has entries without payloads near a lost submit")
+        await self._answers(on_wire, {w.key for w in waits})
         self._assign(waits, look)
 
-    async def _read(self, endpoint: str, waits: list[_Wait]) -> _Look:
-        """Pages of the history from the earliest waiting send on, until every waiting item
-        has a candidate or `MAX_PAGES`."""
-        assert self._platform is not None
-        known = self._known(endpoint) | self._claimed
-        wanted = Counter(w.sent.payload for w in waits)
-        keysets = {tuple(sorted(json.loads(text))) for text in wanted}
-        look = _Look()
-        start = min(w.sent.sent_at for w in waits) - SKEW_S
-        cursor: str | None = None
-        for _ in range(MAX_PAGES):
-            page = await self._platform.requests(endpoint, start=start, cursor=cursor)
-            self.stats["pages"] += 1
-            for entry in page.entries:
-                look.entries += 1
-                look.with_payload += entry.json_input is not None
-                if entry.request_id in known:
-                    continue
-                for text in _projections(entry.json_input, keysets):
-                    if text in wanted:
-                        look.candidates[text].append(entry)
-            if not page.has_more or all(len(look.candidates[t]) >= n for t, n in wanted.items()):
-                break
-            cursor = page.next_cursor
-        return look
+    async def _answers(self, tokens: set[int], keys: set[str]) -> None:
+        """Wait until the submits in `tokens` of these payloads have their answers (bounded:
+        each has its own timeout): an entry may be one of theirs."""
+        deadline = time.monotonic() + ANSWER_WAIT_S
+        while any(self._wire.get(t) in keys for t in tokens):
+            left = deadline - time.monotonic()
+            if left <= 0 or self._draining():
+                return
+            self._answer.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, STOP_SLICE_S)):
+                    await self._answer.wait()
 
-    def _assign(self, waits: list[_Wait], look: _Look) -> None:
+    def _assign(self, waits: list[_Wait], look: Look) -> None:
         by_payload: dict[str, list[_Wait]] = defaultdict(list)
         for wait in waits:
-            by_payload[wait.sent.payload].append(wait)
-        for text, group in by_payload.items():
-            if self._sending[text]:
-                continue  # a submit of the same payload is unanswered: its answer may name one
-            entries = {e.request_id: e for e in look.candidates.get(text, [])}
+            by_payload[wait.key].append(wait)
+        for key, group in by_payload.items():
+            found = [e for e in look.candidates.get(key, []) if e.request_id not in self._claimed]
+            entries = {e.request_id: e for e in found}
+            if entries:
+                entries = {i: e for i, e in entries.items() if i not in self._known(list(entries))}
             if len(entries) > len(group):
                 self.stats["shared"] += 1
                 log.warning(
@@ -267,7 +272,7 @@ class Recovery:
                     len(group),
                 )
             for wait in sorted(group, key=lambda w: w.sent.sent_at):
-                entry = _nearest(wait.sent.sent_at, entries.values())
+                entry = nearest(wait.sent.sent_at, entries.values())
                 if entry is None:
                     continue
                 del entries[entry.request_id]
@@ -287,26 +292,6 @@ class Recovery:
                 if outcome is None:
                     self.stats["not_found"] += 1
                 wait.future.set_result(outcome)
-
-
-def _nearest(sent_at: float, entries: Iterable[HistoryEntry]) -> HistoryEntry | None:
-    """The entry sent nearest `sent_at` within the skew (one without a send time last)."""
-    best: tuple[float, HistoryEntry] | None = None
-    for entry in entries:
-        gap = SKEW_S if entry.sent_at is None else abs(entry.sent_at - sent_at)
-        if gap <= SKEW_S and (best is None or gap < best[0]):
-            best = (gap, entry)
-    return None if best is None else best[1]
-
-
-def _projections(json_input: Any, keysets: set[tuple[str, ...]]) -> Iterable[str]:
-    """The entry's input as each waiting payload's keys see it (fal may add defaults to what it
-    keeps; what we sent must be there unchanged), canonical, for exact comparison."""
-    if not isinstance(json_input, dict):
-        return
-    for keys in keysets:
-        if all(k in json_input for k in keys):
-            yield canonical_json({k: json_input[k] for k in keys})
 
 
 def history_bound(
@@ -336,7 +321,12 @@ def make_recovery(
         platform = PlatformClient(client.session, client.credentials, base_url=platform_url)
 
     def bound() -> float:
-        seen = service.estimate + 4 * service.spread if service.samples else None
+        seen = None
+        if service.samples:
+            seen = max(service.longest, service.estimate + 4 * service.spread)
         return history_bound(spec.start_timeout, seen, spec.fal.history_wait)
 
-    return Recovery(platform, ledger.known_request_ids, bound, draining=draining)
+    def known(ids: Collection[str]) -> set[str]:
+        return ledger.known_request_ids(ids)
+
+    return Recovery(platform, known, bound, draining=draining)

@@ -40,10 +40,12 @@ class ServiceTimes:
         self.estimate = 0.0
         self.spread = 0.0  # mean absolute deviation
         self.samples = 0
+        self.longest = 0.0  # the longest observed
         self._weight = weight
 
     def record(self, seconds: float) -> None:
         seconds = max(seconds, 0.0)
+        self.longest = max(self.longest, seconds)
         if self.samples == 0:
             self.estimate = seconds
         else:

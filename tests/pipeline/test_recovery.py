@@ -13,8 +13,8 @@ import pytest
 
 from batch.fal import AuthError, HistoryEntry, HistoryPage, TransientError
 from batch.ledger.models import canonical_json
+from batch.pipeline.history_scan import MAX_PAGES, match_key
 from batch.pipeline.recovery import (
-    MAX_PAGES,
     QUEUE_ALLOWANCE_S,
     SETTLE_S,
     Recovery,
@@ -57,17 +57,25 @@ class FakeHistory:
     fail: list[Exception] = field(default_factory=list)
     limit: int = 100
 
+    limits: list[int] = field(default_factory=list)
+    during: Any = None  # called once, while the first page is read
+
     async def requests(
-        self, endpoint_id: str, *, start: float, cursor: str | None = None, **_: Any
+        self, endpoint_id: str, *, start: float, cursor: str | None = None, limit: int = 100
     ) -> HistoryPage:
         self.calls += 1
+        self.limits.append(limit)
+        if self.during is not None:
+            during, self.during = self.during, None
+            await during()
         if self.fail:
             raise self.fail.pop(0)
+        limit = min(limit, self.limit)
         shown = [r for r in self.rows if r.visible_at <= self.clock.now and r.sent_at >= start]
         shown.sort(key=lambda r: -r.visible_at)
         page = int(cursor or 0)
-        part = shown[page * self.limit : (page + 1) * self.limit]
-        more = (page + 1) * self.limit < len(shown)
+        part = shown[page * limit : (page + 1) * limit]
+        more = (page + 1) * limit < len(shown)
         entries = [
             HistoryEntry(r.request_id, endpoint_id, r.sent_at, None, r.visible_at, 200, r.payload)
             for r in part
@@ -84,7 +92,7 @@ def make(
 ) -> Recovery:
     return Recovery(
         history,  # type: ignore[arg-type]
-        lambda endpoint: set(known or ()),
+        lambda ids: set(ids) & (known or set()),
         lambda: bound,
         clock=history.clock,
         sleep=history.clock.sleep,
@@ -151,14 +159,29 @@ async def test_paging_finds_an_entry_three_pages_down_and_stops_there() -> None:
     assert history.calls == 3
 
 
-async def test_a_look_reads_at_most_max_pages() -> None:
+async def test_a_history_too_long_to_read_back_decides_nothing() -> None:
+    """More requests ended since the send than a look reads: the item is left undecided at
+    the bound (the next run looks again), never sent again on a guess."""
     clock = FakeClock()
-    rows = [Row(f"n-{i}", {"prompt": f"n{i}"}, T0, visible_at=T0) for i in range(5000)]
-    history = FakeHistory(clock, rows, limit=100)
+    rows = [Row(f"n-{i}", {"prompt": f"n{i}"}, T0, visible_at=T0 + 1) for i in range(12_000)]
+    history = FakeHistory(clock, rows)
+    recovery = make(history, bound=3.0)
+    with pytest.raises(Undecided, match="too long"):
+        await recovery.find(sent("a", P1))
+    assert MAX_PAGES < recovery.stats["pages"] <= MAX_PAGES * recovery.stats["looks"]
+
+
+async def test_reading_stops_at_requests_that_ended_before_the_send() -> None:
+    """Newest-ended first: a page that ended wholly before the send ends the look."""
+    clock = FakeClock(T0 + 4000)
+    old = [Row(f"o-{i}", {"prompt": f"o{i}"}, T0 - 3000, visible_at=T0 - 1000) for i in range(900)]
+    history = FakeHistory(clock, old)
+    history.rows += [Row("other", P2, T0, visible_at=T0 + 3)]
     recovery = make(history, bound=1.0)
-    assert await recovery.find(sent("a", P1)) is None
-    assert recovery.stats["pages"] <= MAX_PAGES * recovery.stats["looks"]
-    assert recovery.stats["pages"] == MAX_PAGES * recovery.stats["looks"]
+    # (the fake filters on sent_at >= start, so widen what it returns to the old requests)
+    history.rows = [Row(r.request_id, r.payload, T0, r.visible_at) for r in history.rows]
+    assert await recovery.find(sent("a", P1, T0)) is None
+    assert history.calls == 2  # page 1 holds `other` and 99 old ones; page 2 is all old
 
 
 async def test_identical_payloads_each_take_the_entry_sent_nearest() -> None:
@@ -186,17 +209,79 @@ async def test_more_matching_entries_than_items_is_said(caplog: pytest.LogCaptur
     assert "someone else sends it too" in caplog.text
 
 
-async def test_a_decision_waits_while_a_submit_of_the_same_payload_is_unanswered() -> None:
+async def test_a_decision_waits_for_the_answer_of_a_submit_of_the_same_payload() -> None:
     clock = FakeClock()
     history = FakeHistory(clock, [Row("theirs", P1, T0 + 1, visible_at=T0 + 1)])
     recovery = make(history, bound=50.0)
-    text = recovery.sending(P1)  # another item's submit of P1 is on the wire
+    token = recovery.sending(P1)  # another item's submit of P1 is on the wire
     task = asyncio.create_task(recovery.find(sent("lost", P1, T0)))
-    while clock.now < T0 + 20:
+    while history.calls == 0:
+        await asyncio.sleep(0)
+    for _ in range(50):
         await asyncio.sleep(0)
     assert not task.done()  # "theirs" may be the other submit's request: not taken yet
-    recovery.answered(text, "theirs")  # it was: the other item owns it
+    recovery.answered(token, "theirs")  # it was: the other item owns it
     assert await task is None  # and nothing else matches: sent again at the bound
+
+
+async def test_a_submit_answered_while_a_look_reads_is_never_taken() -> None:
+    """The race: a same-payload submit leaves and is answered during the history call."""
+    clock = FakeClock()
+    history = FakeHistory(clock, [Row("theirs", P1, T0 + 1, visible_at=T0 + 1)])
+    recovery = make(history, bound=10.0)
+
+    async def other_submit() -> None:
+        token = recovery.sending(P1)
+        recovery.answered(token, "theirs")
+
+    history.during = other_submit
+    assert await recovery.find(sent("lost", P1, T0)) is None
+
+
+async def test_identical_submits_sent_after_a_look_do_not_hold_it_up() -> None:
+    clock = FakeClock()
+    history = FakeHistory(clock, [Row("mine", P1, T0, visible_at=T0 + 3)])
+    recovery = make(history, bound=60.0)
+    task = asyncio.create_task(recovery.find(sent("lost", P1, T0)))
+    while not task.done():  # a steady stream of the same edit, always one on the wire
+        token = recovery.sending(P1)
+        await asyncio.sleep(0)
+        recovery.answered(token, f"other-{token}")
+    assert await task == "mine"
+
+
+async def test_an_entry_without_payload_from_someone_else_does_not_end_the_search() -> None:
+    clock = FakeClock()
+    rows = [Row("foreign", None, T0, visible_at=T0), Row("mine", P1, T0, visible_at=T0 + 9)]
+    recovery = make(FakeHistory(clock, rows), bound=600.0)
+    assert await recovery.find(sent("a", P1)) == "mine"
+
+
+async def test_numbers_match_by_value() -> None:
+    clock = FakeClock()
+    stored = {**P1, "guidance_scale": 4.0}
+    history = FakeHistory(clock, [Row("req", stored, T0, visible_at=T0)])
+    assert await make(history).find(sent("a", {**P1, "guidance_scale": 4})) == "req"
+    assert match_key({"a": [1.0, 2.5]}) == match_key({"a": [1, 2.5]})
+
+
+async def test_a_send_time_ahead_of_the_clock_never_makes_looks_back_to_back() -> None:
+    clock = FakeClock()
+    history = FakeHistory(clock, [])
+    recovery = make(history, bound=0.0)
+    task = asyncio.create_task(recovery.find(sent("a", P1, T0 + 5)))  # clock stepped back
+    while not task.done():
+        await asyncio.sleep(0)
+    assert await task is None
+    assert history.calls <= 5 / 0.1 + 1
+
+
+async def test_pages_shrink_when_the_history_times_out() -> None:
+    clock = FakeClock()
+    rows = [Row("req", P1, T0, visible_at=T0)]
+    history = FakeHistory(clock, rows, fail=[TransientError("timeout")] * 2)
+    assert await make(history).find(sent("a", P1)) == "req"
+    assert history.limits == [100, 50, 25]
 
 
 async def test_fal_keeping_extra_fields_still_matches() -> None:
@@ -237,12 +322,12 @@ async def test_a_transient_failure_is_looked_past() -> None:
     assert history.calls == 3
 
 
-async def test_a_history_without_payloads_gives_up_at_once() -> None:
+async def test_a_history_without_payloads_is_waited_out_then_sent_again() -> None:
     clock = FakeClock()
     history = FakeHistory(clock, [Row("req", None, T0, visible_at=T0)])
-    recovery = make(history, bound=600.0)
+    recovery = make(history, bound=60.0)
     assert await recovery.find(sent("a", P1)) is None
-    assert clock.now < T0 + 10
+    assert clock.now == pytest.approx(T0 + 60.0)
 
 
 async def test_a_stopping_run_leaves_the_item_undecided() -> None:
