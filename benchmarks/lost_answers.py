@@ -38,9 +38,9 @@ CONCURRENCY = 20
 DROP_RATE = 0.05
 
 
-def measure(n: int, folder: Path) -> dict[str, Any]:
+def measure(n: int, folder: Path, drop_rate: float = DROP_RATE) -> dict[str, Any]:
     plan = folder / "faults.yaml"
-    rule = {"kind": "drop_after", "route": "submit", "rate": DROP_RATE}
+    rule = {"kind": "drop_after", "route": "submit", "rate": drop_rate}
     plan.write_text(yaml.safe_dump({"seed": 5, "rules": [rule]}), encoding="utf-8")
     extra = ("--seed", "5", "--faults", str(plan))
     with SimProcess(capacity=CONCURRENCY, latency="uniform:0.2,0.6", extra=extra) as sim:
@@ -71,10 +71,11 @@ def measure(n: int, folder: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = arguments(__doc__.splitlines()[0], default_n=1000)
+    parser.add_argument("--drop-rate", type=float, default=DROP_RATE)
     args = parser.parse_args()
     exit_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="bench-lost-") as tmp:
-        figures = measure(args.n, Path(tmp))
+        figures = measure(args.n, Path(tmp), args.drop_rate)
     columns = [
         ("completed", "completed"),
         ("answers dropped", "answers_dropped"),
@@ -86,7 +87,8 @@ def main() -> None:
         ("makespan s", "makespan_s"),
     ]
     print_table(
-        f"lost submit answers: {args.n} items, {DROP_RATE:.0%} of answers dropped after accept",
+        f"lost submit answers: {args.n} items, {args.drop_rate:.0%} of answers dropped after"
+        " accept",
         [name for name, _ in columns],
         [[figures[key] for _, key in columns]],
     )
