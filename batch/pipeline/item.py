@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import Counter
@@ -135,7 +136,7 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> tuple[RequestHandle, bool]:
     if row.submit_started_at is not None:
         # An earlier run sent this submit and died before recording the answer: looked for
         # first (it sends nothing), so a request live at fal is never failed as exhausted.
-        sent = Sent(row.key, row.endpoint, row.sent_payload or row.request, row.submit_started_at)
+        sent = Sent(row.key, row.endpoint, _sent_text(row), row.submit_started_at)
         found = await _recover(ctx, row, sent)
         if found is not None:
             return found, False
@@ -151,7 +152,9 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> tuple[RequestHandle, bool]:
     try:
         # The intent and what it carries, committed before the request leaves.
         sent_at = time.time()
-        await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, payload=payload))
+        # (kept only when uploads changed it: otherwise it is the item's own request)
+        changed = None if payload is row.payload or payload == row.payload else payload
+        await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, payload=changed))
         crashpoints.crashpoint("intent")
         if _turned_back(ctx, row):  # a stop came while the intent was committed
             await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, sending=False))
@@ -191,6 +194,18 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> tuple[RequestHandle, bool]:
     )
     ctx.admission.on_accepted()
     return handle, True
+
+
+def _sent_text(row: ItemRow) -> str:
+    """What the crashed run sent (its uploaded form), as the ledger kept it; the item's own
+    request when it kept none (nothing was uploaded) or what it kept is not a JSON object."""
+    if row.sent_payload is not None:
+        try:
+            if isinstance(json.loads(row.sent_payload), dict):
+                return row.sent_payload
+        except ValueError:
+            pass
+    return row.request
 
 
 async def _recover(ctx: ItemContext, row: ItemRow, sent: Sent) -> RequestHandle | None:

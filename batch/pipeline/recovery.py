@@ -114,7 +114,7 @@ class Recovery:
         self._draining = draining
         self._waits: list[_Wait] = []
         self._claimed: set[str] = set()  # ids taken by a look, or answered to this run
-        self._wire: dict[int, str] = {}  # submits on the wire: token -> payload match key
+        self._wire: dict[int, object] = {}  # submits on the wire: token -> payload
         self._tokens = 0
         self._answer = asyncio.Event()
         self._truncated: set[str] = set()  # endpoints whose last look was cut short
@@ -128,9 +128,10 @@ class Recovery:
         return self._platform is not None
 
     def sending(self, payload: object) -> int:
-        """A submit of `payload` leaves; returns its token for `answered`."""
+        """A submit of `payload` leaves; returns its token for `answered`. (Its match key is
+        made only if a look needs it: this runs for every submit.)"""
         self._tokens += 1
-        self._wire[self._tokens] = match_key(payload)
+        self._wire[self._tokens] = payload
         return self._tokens
 
     def answered(self, token: int, request_id: str | None = None) -> None:
@@ -244,7 +245,8 @@ class Recovery:
         """Wait until the submits in `tokens` of these payloads have their answers (bounded:
         each has its own timeout): an entry may be one of theirs."""
         deadline = time.monotonic() + ANSWER_WAIT_S
-        while any(self._wire.get(t) in keys for t in tokens):
+        tokens = {t for t in tokens if t in self._wire and match_key(self._wire[t]) in keys}
+        while any(t in self._wire for t in tokens):
             left = deadline - time.monotonic()
             if left <= 0 or self._draining():
                 return

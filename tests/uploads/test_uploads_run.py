@@ -205,3 +205,62 @@ async def test_a_job_defaults_image_is_uploaded(runner, images):
     summary = await runner.run(load_job(runner.tmp / "jobs" / "j.yaml"))
     assert summary.exit_code == ExitCode.OK, summary.text()
     assert uploads(sim) == 1
+
+
+async def test_a_lost_answer_of_a_submit_with_uploaded_files_is_found_by_what_was_sent(
+    runner, images
+):
+    """The history holds the uploaded URLs, not the manifest's local refs: the ledger keeps the
+    sent form, so the lost submit is matched and re-attached, not paid twice."""
+    sim = await runner.start(
+        faults=FaultPlan(seed=2, rules=[FaultRule(kind="drop_after", route="submit", max=2)])
+    )
+    images.folder(runner.tmp, 2)
+    summary = await runner.run(runner.spec(matrix(runner.tmp, "ink", "snow")))
+    assert summary.exit_code == ExitCode.OK, summary.text()
+    assert summary.recovered == 2 and summary.possible_duplicates == 0
+    assert sim.counters.accepted_submits == 4 and sim.counters.paid_twice == 0
+
+
+async def test_after_a_crash_the_submit_is_matched_by_its_uploaded_form(runner, images):
+    """A run died after sending a submit with uploaded files and before recording its id: the
+    ledger kept what was sent (the uploaded URLs), so the next run finds it in the history."""
+    import sqlite3
+    import time
+
+    from batch.ledger.models import canonical_json
+
+    sim = await runner.start()
+    images.folder(runner.tmp, 1)
+    spec = runner.spec(matrix(runner.tmp, "ink", "snow"))
+    assert (await runner.run(spec)).exit_code == ExitCode.OK
+    with Ledger.open(runner.tmp / "out") as ledger:
+        row = next(r for r in (ledger.get(k) for k in _keys(ledger)) if r is not None)
+    sent = sim.history._entries[row.request_id].json_input  # what fal received
+    assert sent is not None and sent != row.payload  # uploaded URLs, not local refs
+    conn = sqlite3.connect(runner.tmp / "out" / "ledger.sqlite")
+    try:
+        with conn:  # as the killed run left it: sent, answer never recorded
+            conn.execute(
+                "UPDATE items SET state = 'pending', request_id = NULL, status_url = NULL,"
+                " response_url = NULL, cancel_url = NULL, completed_at = NULL,"
+                " submit_started_at = ?, sent_payload = ? WHERE key = ?",
+                (time.time() - 1, canonical_json(sent), row.key),
+            )
+            conn.execute("DELETE FROM outputs WHERE item_key = ?", (row.key,))
+            conn.execute("DELETE FROM requests WHERE item_key = ?", (row.key,))
+    finally:
+        conn.close()
+
+    summary = await runner.run(spec)
+
+    assert summary.exit_code == ExitCode.OK, summary.text()
+    assert summary.recovered == 1 and summary.stats["submits"] == 0
+    assert sim.counters.accepted_submits == 2
+    with Ledger.open(runner.tmp / "out") as ledger:
+        again = ledger.get(row.key)
+    assert again is not None and again.request_id == row.request_id and again.recovered
+
+
+def _keys(ledger: Ledger) -> list[str]:
+    return [key for (key,) in ledger._conn.execute("SELECT key FROM items ORDER BY key")]
