@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import secrets
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import click
 from batch import crashpoints
 from batch.cli.collector import fewer_collections
 from batch.cli.ledger_commands import doctor, export, report, retry, status
-from batch.cli.logs import progress_for, setup_logging
+from batch.cli.logs import progress_for, say_summary, setup_logging
 from batch.cli.options import fal_settings, input_options, webhook_options, webhook_settings
 from batch.cli.outcomes import Commands, fail
 from batch.cli.schedule import make_schedule
@@ -26,7 +27,7 @@ from batch.outputs import run_lock, set_aside
 from batch.pipeline.run import run_job
 
 
-@click.group(cls=Commands)
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="firered-batch")
 def main() -> None:
     """Bulk image edits through fal's queue API, resumable, with a local simulator."""
@@ -49,7 +50,14 @@ for _command in (status, report, export, retry, doctor):  # those that read a jo
 @click.option("--dry-run", is_flag=True, help="Validate and plan only; send nothing.")
 @click.option("--max-runtime", help="Stop admitting after this long (e.g. 50m), drain, exit 4.")
 @click.option("--redo-changed", is_flag=True, help="Resubmit rows whose request changed.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: log lines, and a progress bar on a terminal; json: one JSON object per line"
+    " (logs and progress), for cron and log collectors.",
+)
 @click.option("--detach", is_flag=True, help="Submit with webhooks and exit (see webhook serve).")
 @click.option(
     "--start-over",
@@ -101,7 +109,7 @@ def run(
         summary = asyncio.run(
             run_job(
                 spec,
-                progress=progress_for(log_format),
+                progress=progress_for(log_format, job=spec.name),
                 handle_signals=True,
                 dry_run=dry_run,
                 max_runtime=seconds,
@@ -109,9 +117,7 @@ def run(
                 detach=detach,
             )
         )
-    for warning in summary.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    click.echo(summary.text())
+    say_summary(summary, log_format)
     sys.exit(summary.exit_code)
 
 
@@ -134,9 +140,21 @@ def validate(target: str) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8080, show_default=True)
-@click.option("--capacity", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8080,
+    show_default=True,
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--capacity",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Requests the simulated runners process at once; the rest wait in the queue.",
+)
 @click.option(
     "--latency",
     default="uniform:0.2,0.8",
@@ -146,7 +164,9 @@ def validate(target: str) -> None:
 @click.option("--faults", type=click.Path(exists=True, dir_okay=False), help="Fault plan YAML.")
 @click.option("--tls", is_flag=True, help="Serve https with a generated certificate.")
 @click.option("--key", envvar="FIRERED_SIM_KEY", help="The accepted key (default: random).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of latencies and faults."
+)
 @click.option(
     "--max-submits-per-second",
     type=click.FloatRange(min=0, min_open=True),
@@ -214,7 +234,25 @@ def sim(
         config = SimConfig.model_validate(settings)
     except ValueError as exc:
         fail(exc, ExitCode.INVALID)
-    run_forever(config)
+    try:
+        run_forever(config)
+    except OSError as exc:
+        why = _bind_error(exc, host, port)
+        if why is None:
+            raise
+        click.echo(why, err=True)
+        sys.exit(ExitCode.INVALID)
+
+
+def _bind_error(exc: OSError, host: str, port: int) -> str | None:
+    """What a failure to listen on `host`:`port` means to the user (None: not that)."""
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is in use; choose another with --port"
+    if exc.errno == errno.EACCES:
+        return f"port {port}: not allowed (ports below 1024 need privileges); choose another"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"--host {host}: not an address of this machine"
+    return None
 
 
 @main.command()
@@ -267,23 +305,42 @@ def webhook() -> None:
 
 @webhook.command("serve")
 @click.argument("target", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--queue-url",
+    help="The queue URL the job was run with (default: the job file's `queue`; for a manifest,"
+    " fal's).",
+)
 @click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--until-done", is_flag=True, help="Exit once no item is waiting at fal.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text: plain log lines; json: one JSON object per log line.",
+)
 @webhook_options
 def webhook_serve(
-    target: str, output: str | None, until_done: bool, log_format: str, **options: Any
+    target: str,
+    queue_url: str | None,
+    output: str | None,
+    until_done: bool,
+    log_format: str,
+    **options: Any,
 ) -> None:
-    """Receive JOB's webhooks and finalize its items until Ctrl-C (or --until-done).
+    """Receive the webhooks of TARGET's job and finalize its items until Ctrl-C (or --until-done).
 
-    Every delivery is verified (headers, timestamp, size, Ed25519 signature against the
-    JWKS, a request of this job) before the item's outputs are downloaded. Example:
-    firered-batch webhook serve jobs/catalog.yaml --webhook-listen 127.0.0.1:8787
+    TARGET: the job file or manifest given to `run --detach` (with a manifest, give the same
+    --queue-url). Every delivery is verified (headers, timestamp, size, Ed25519 signature
+    against the JWKS, a request of this job) before the item's outputs are downloaded.
+
+    Example: firered-batch webhook serve jobs/catalog.yaml --webhook-listen 127.0.0.1:8787
     """
     from batch.pipeline.webhook_serve import serve_webhooks
 
     setup_logging(log_format)
-    spec = _load_spec(target, {"output": output, "webhook": webhook_settings(options)})
+    overrides = {"queue": queue_url, "output": output, "webhook": webhook_settings(options)}
+    spec = _load_spec(target, overrides)
     with fewer_collections():
         summary = asyncio.run(serve_webhooks(spec, until_done=until_done, handle_signals=True))
     click.echo(summary.text())

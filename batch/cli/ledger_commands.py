@@ -84,9 +84,37 @@ def export(target: str, output: str | None) -> None:
     click.echo(f"{paths.csv}\n{paths.jsonl}")
 
 
+# The error kinds a failed item can have in the ledger (its `error_kind`): fal's error classes
+# (`FalError.kind`: transient, rate_limited, permanent, auth, account_locked, tls, error) and
+# the pipeline's own (batch.pipeline: item, finish, dispatch; batch.ledger.salvage).
+# tests/test_cli_small.py checks that the sources use no other.
+ERROR_KINDS = (
+    "transient",
+    "rate_limited",
+    "permanent",
+    "auth",
+    "account_locked",
+    "tls",
+    "error",
+    "download",
+    "upload",
+    "input",
+    "bad_output",
+    "expired",
+    "lost",
+    "exhausted",
+    "stuck",
+)
+
+
 @click.command()
 @click.argument("target", type=TARGET)
-@click.option("--kind", help="Only failures of this kind (e.g. transient, permanent, download).")
+@click.option(
+    "--kind",
+    metavar="KIND",
+    help="Only failures of this kind (as `status` lists them: e.g. transient, permanent,"
+    " download).",
+)
 @OUTPUT
 def retry(target: str, kind: str | None, output: str | None) -> None:
     """Put failed items back to pending for the next run (all, or one error kind).
@@ -96,9 +124,22 @@ def retry(target: str, kind: str | None, output: str | None) -> None:
     """
     _job, ledger = open_target(target, output)
     with ledger:
+        present = {group.kind: group.count for group in ledger.failures(limit=1000)}
+        if kind is not None and kind not in ERROR_KINDS and kind not in present:
+            raise click.BadParameter(
+                f"{kind!r} is not an error kind; one of: {', '.join(sorted(ERROR_KINDS))}"
+                f" (failed now: {_kinds(present)})",
+                param_hint="'--kind'",
+            )
         count = ledger.reset_to_pending(kind=kind)
     what = f"failed ({kind})" if kind else "failed"
     click.echo(f"{count} {what} items will be tried again by the next run")
+    if kind is not None and count == 0 and present:
+        click.echo(f"no failed items of kind {kind}; failed now: {_kinds(present)}", err=True)
+
+
+def _kinds(counts: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items())) or "none"
 
 
 @click.command()

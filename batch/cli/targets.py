@@ -15,27 +15,37 @@ from typing import Any
 import click
 
 from batch.cli.outcomes import remember_output
-from batch.job import JobSpec, load_job
+from batch.job import JobError, JobSpec, load_job
 from batch.ledger import Ledger
+from batch.manifest import display_path
 from batch.manifest.pricing import PriceSpec
 
 MANIFEST_SUFFIXES = {".csv", ".jsonl"}
+YAML_SUFFIXES = {".yaml", ".yml"}  # a job file, or a manifest with `items:` or `matrix:`
+ACCEPTED = (
+    "not a manifest (.csv, .jsonl, or .yaml/.yml with items: or matrix:)"
+    " nor a job file (.yaml/.yml with manifest:)"
+)
 
 
 def load_spec(target: str, overrides: dict[str, Any]) -> JobSpec:
-    """A job file, or a manifest run directly (YAML manifests have `items:` or `matrix:`)."""
+    """A job file, or a manifest run directly (YAML manifests have `items:` or `matrix:`).
+    Any other file is refused (`JobError`, exit 2) with what is accepted."""
     path = Path(target)
-    if path.suffix.lower() in MANIFEST_SUFFIXES or looks_like_manifest(path):
+    suffix = path.suffix.lower()
+    if suffix in MANIFEST_SUFFIXES or looks_like_manifest(path):
         spec = JobSpec.for_manifest(path)
-    else:
+    elif suffix in YAML_SUFFIXES:
         spec = load_job(path)
+    else:
+        raise JobError([f"{display_path(path)}: {ACCEPTED}"])
     spec = spec.with_overrides(**overrides)
     remember_output(spec.output)
     return spec
 
 
 def looks_like_manifest(path: Path) -> bool:
-    if path.suffix.lower() not in {".yaml", ".yml"} or not path.is_file():
+    if path.suffix.lower() not in YAML_SUFFIXES or not path.is_file():
         return False
     head = path.read_text(encoding="utf-8-sig", errors="replace")[:65536]
     return any(line.startswith(("items:", "matrix:")) for line in head.splitlines())

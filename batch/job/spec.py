@@ -17,7 +17,7 @@ priority: low                        # normal | low | unset
 start_timeout: 600                   # seconds an item may stay queued; unset: no limit
 deadline: 1800                       # seconds per item, end to end; unset: no limit
 sim: {capacity: 4, latency: "uniform:0.2,0.8", seed: 1}   # for queue: local
-rest_url: https://rest.fal.ai        # fal storage API (CDN token); queue: local: the simulator
+rest_url: https://rest.fal.ai        # fal storage API (CDN token); default: fal's, or the simulator's
 inputs: upload                       # local images: upload | data-uri (small files inline)
 upload_concurrency: 4                # uploads in flight
 upload_max_age: 24h                  # an upload older than this is done again (seconds or 90m, 2d)
@@ -141,7 +141,7 @@ class JobSpec(SettingsModel):
     start_timeout: float | None = Field(default=None, gt=0)
     deadline: float | None = Field(default=None, gt=0)
     sim: SimSpec = SimSpec()
-    rest_url: str = DEFAULT_REST_URL
+    rest_url: str | None = None  # unset: see `batch.pipeline.uploads.storage_url`
     inputs: Literal["upload", "data-uri"] = "upload"
     upload_concurrency: int = Field(default=4, ge=1, le=MAX_UPLOAD_CONCURRENCY)
     upload_max_age: float = Field(default=24 * 3600.0, gt=0)
@@ -268,7 +268,9 @@ class JobSpec(SettingsModel):
 
     @field_validator("rest_url")
     @classmethod
-    def _rest_url(cls, value: str) -> str:
+    def _rest_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not _URL_RE.fullmatch(value):
             raise _fail("must be an http(s) URL")
         return value.rstrip("/")

@@ -37,10 +37,21 @@ class StopSignal:
         self.reason = ""
 
     def request(self, reason: str = "interrupted") -> None:
+        """Say at once what happens: a drain can take a while."""
         if self.draining.is_set():
+            if not self.abort.is_set():
+                log.warning(
+                    "%s again: stopping now; requests in flight stay submitted for the next run",
+                    reason,
+                )
             self.abort.set()
         else:
             self.reason = reason
+            log.warning(
+                "%s: no new submits; waiting for requests in flight to finish"
+                " (Ctrl-C again to stop at once)",
+                reason,
+            )
             self.draining.set()
 
 

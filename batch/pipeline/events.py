@@ -7,7 +7,6 @@ or nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -95,12 +94,19 @@ class NullProgress:
         pass
 
 
+def event(name: str, **fields: Any) -> dict[str, Any]:
+    """`extra=` for a log call: under `--log-format json` the line carries these fields
+    (`"event": name` first); plain lines show only the message."""
+    return {"event": {"event": name, **fields}}
+
+
 class LogProgress:
     """A plain line every `interval` seconds (text or JSON), for cron and pipes."""
 
-    def __init__(self, interval: float = 10.0, json_lines: bool = False) -> None:
+    def __init__(self, interval: float = 10.0, json_lines: bool = False, job: str = "") -> None:
         self.interval = interval
         self.json_lines = json_lines
+        self.job = job
         self._last = 0.0
 
     def update(self, stats: RunStats) -> None:
@@ -113,10 +119,15 @@ class LogProgress:
         self._emit(stats)
 
     def _emit(self, stats: RunStats) -> None:
-        if self.json_lines:
-            log.info(json.dumps({"event": "progress", **stats.as_dict()}))
-        else:
-            log.info("progress: %s", stats.line())
+        eta = stats.eta()
+        fields = {
+            "job": self.job,
+            **stats.as_dict(),
+            "items_per_second": round(stats.rate(), 3),
+            "eta_seconds": None if eta is None else round(eta, 1),
+        }
+        job = f"{self.job}: " if self.job else ""
+        log.info("progress: %s%s", job, stats.line(), extra=event("progress", **fields))
 
 
 class TqdmProgress:

@@ -10,6 +10,7 @@ does nothing else for its item until its transition is committed (DESIGN invaria
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,11 @@ from batch.fal import (
 from batch.ledger import InvalidTransitionError, ItemRow, Ledger
 from batch.ledger.group import GroupCommit
 from batch.outputs import DownloadError, OutputRecord, Publisher, download_image, safe_name
-from batch.pipeline.events import RunStats
+from batch.pipeline.events import RunStats, event
 from batch.pipeline.policy import RetryPolicy, retrying
 from batch.schema import EditOutput, OutputImage
+
+log = logging.getLogger("batch.run")
 
 DOWNLOAD_TIMEOUT = 120.0
 MAX_IMAGE_BYTES = 200 * 1024 * 1024
@@ -271,6 +274,8 @@ async def record_failure(
     )
     ctx.stats.failed += 1
     ctx.stats.failed_by_kind[kind] += 1
+    fields = {"key": key, "kind": kind, "error": message, "error_type": error_type}
+    log.warning("item %s failed (%s): %s", key, kind, message, extra=event("item_failed", **fields))
 
 
 async def fail(

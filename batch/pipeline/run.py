@@ -11,6 +11,7 @@ import contextlib
 import logging
 import secrets
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from batch.ledger.group import GroupCommit
 from batch.outputs import DiskFullError, NotWritableError
 from batch.outputs.lock import run_lock
 from batch.outputs.naming import cleanup_temp_files
+from batch.outputs.presence import LEDGER_NAME
 from batch.pipeline.admission import Admission
 from batch.pipeline.budget import cost_lines, make_budget
 from batch.pipeline.dispatch import Dispatcher, StopSignal
@@ -41,7 +43,7 @@ from batch.pipeline.planning import plan_run
 from batch.pipeline.policy import RetryPolicy
 from batch.pipeline.prices import known_price, resolve_price
 from batch.pipeline.recovery import make_recovery
-from batch.pipeline.summary import Halt, RunSummary
+from batch.pipeline.summary import Halt, RunSummary, log_start
 from batch.pipeline.uploads import make_uploader
 from batch.pipeline.waiting import Waiter
 from batch.pipeline.webhook_wait import (
@@ -80,25 +82,24 @@ async def run_job(
         check_detach(spec)
     output_dir = spec.output
     summary = RunSummary(spec.name, output_dir, ExitCode.OK)
+    if dry_run and not (output_dir / LEDGER_NAME).exists():
+        # Nothing to resume: plan into a ledger that goes away, and create nothing.
+        with (
+            tempfile.TemporaryDirectory(prefix="firered-dry-run-") as tmp,
+            Ledger.open(Path(tmp)) as ledger,
+        ):
+            return _dry_run(spec, ledger, summary, redo_changed)
     with run_lock(output_dir), Ledger.open(output_dir) as ledger:
+        if dry_run:
+            return _dry_run(spec, ledger, summary, redo_changed)
         removed = cleanup_temp_files(output_dir)
         if removed:
             log.info("removed %d temporary files left by an interrupted run", removed)
         plan = plan_run(spec, ledger, redo_changed=redo_changed)
         summary.plan, summary.warnings = plan.counts, plan.warnings
-        if spec.local and not dry_run:
+        if spec.local:
             _forget_local_requests(ledger)
-        if dry_run:
-            summary.counts = ledger.counts()
-            summary.message = "dry run: nothing sent"
-            summary.cost = cost_lines(
-                ledger,
-                known_price(spec, ledger),
-                _max_usd(spec),
-                endpoint=spec.endpoint,
-                dry_run=True,
-            )
-            return summary
+        log_start(spec, plan.to_do, sum(ledger.counts().values()))
         run_id = ledger.start_run(_settings(spec))
         stop = stop or StopSignal()
         stats = RunStats(total=plan.to_do)
@@ -136,6 +137,18 @@ async def run_job(
                 _write_derived(spec, ledger, summary)
             price = known_price(spec, ledger)
             summary.cost = cost_lines(ledger, price, _max_usd(spec), endpoint=spec.endpoint)
+    return summary
+
+
+def _dry_run(spec: JobSpec, ledger: Ledger, summary: RunSummary, redo_changed: bool) -> RunSummary:
+    """Validate and plan, and the cost; nothing is sent."""
+    plan = plan_run(spec, ledger, redo_changed=redo_changed)
+    summary.plan, summary.warnings = plan.counts, plan.warnings
+    summary.counts = ledger.counts()
+    summary.message = "dry run: nothing sent"
+    summary.cost = cost_lines(
+        ledger, known_price(spec, ledger), _max_usd(spec), endpoint=spec.endpoint, dry_run=True
+    )
     return summary
 
 
@@ -209,7 +222,7 @@ async def _execute(
                 ["budget: needs a price: fal's pricing API gave none; set price: in the job"]
             )
 
-        uploads = make_uploader(spec, client, ledger, policy)
+        uploads = await make_uploader(spec, client, ledger, policy)
         ctx = ItemContext(
             client=client,
             ledger=ledger,

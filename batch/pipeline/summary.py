@@ -9,9 +9,11 @@ from typing import Any
 
 from batch.errors import ExitCode
 from batch.fal import AccountLockedError
+from batch.job import JobSpec
 from batch.ledger import ACCOUNT_LOCKED_META, Ledger
 from batch.outputs import DiskFullError
 from batch.pipeline.dispatch import StopSignal
+from batch.pipeline.events import event
 from batch.report import REPORT_NAME
 
 log = logging.getLogger("batch.run")
@@ -58,12 +60,47 @@ class RunSummary:
             f"{self.status_requests_per_item:.2f} status requests per item",
             *self._notes(),
             *self.cost,
-            f"  images: {self.output_dir / 'images'}",
-            f"  ledger: {self.output_dir / 'ledger.sqlite'}",
-            f"  results: {self.output_dir / 'results.csv'} and results.jsonl",
-            *[f"  report: {p}" for p in [self.output_dir / REPORT_NAME] if p.exists()],
+            *self._paths(),
         ]
         return "\n".join(lines)
+
+    def _paths(self) -> list[str]:
+        """Where things are: only what exists (a dry run on a new folder writes nothing)."""
+        out = self.output_dir
+        paths = [
+            ("images", out / "images", ""),
+            ("ledger", out / "ledger.sqlite", ""),
+            ("results", out / "results.csv", " and results.jsonl"),
+            ("report", out / REPORT_NAME, ""),
+        ]
+        return [f"  {name}: {path}{more}" for name, path, more in paths if path.exists()]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as one JSON object (`--log-format json`)."""
+        out = self.output_dir
+        return {
+            "event": "summary",
+            "job": self.name,
+            "exit_code": int(self.exit_code),
+            "message": self.message,
+            "counts": self.counts,
+            "this_run": self.stats,
+            "plan": self.plan,
+            "wall_seconds": round(self.wall_time, 3),
+            "items_per_second": round(self.items_per_second, 3),
+            "status_requests_per_item": round(self.status_requests_per_item, 3),
+            "possible_duplicates": self.possible_duplicates,
+            "recovered": self.recovered,
+            "cost": [line.strip() for line in self.cost],
+            "notes": [line.strip() for line in self._notes()],
+            "warnings": self.warnings,
+            "output": str(out),
+            "paths": {
+                name: str(out / name)
+                for name in ("images", "ledger.sqlite", "results.csv", "results.jsonl", REPORT_NAME)
+                if (out / name).exists()
+            },
+        }
 
     def _notes(self) -> list[str]:
         notes = []
@@ -90,6 +127,28 @@ class RunSummary:
                 "results.csv: possible_duplicate)"
             )
         return notes
+
+
+def log_start(spec: JobSpec, to_do: int, total: int) -> None:
+    """The run's first line: the job, how much there is to do, and the settings that matter."""
+    log.info(
+        "start %s: %d of %d items to do (manifest %s), endpoint %s, queue %s, concurrency %d,"
+        " wait %s, output %s",
+        *(spec.name, to_do, total, spec.manifest, spec.endpoint, spec.queue, spec.concurrency),
+        *(spec.wait, spec.output),
+        extra=event(
+            "start",
+            job=spec.name,
+            to_do=to_do,
+            total=total,
+            manifest=str(spec.manifest),
+            endpoint=spec.endpoint,
+            queue=spec.queue,
+            concurrency=spec.concurrency,
+            wait=spec.wait,
+            output=str(spec.output),
+        ),
+    )
 
 
 class Halt:

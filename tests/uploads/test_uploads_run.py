@@ -264,3 +264,30 @@ async def test_after_a_crash_the_submit_is_matched_by_its_uploaded_form(runner, 
 
 def _keys(ledger: Ledger) -> list[str]:
     return [key for (key,) in ledger._conn.execute("SELECT key FROM items ORDER BY key")]
+
+
+async def test_a_simulator_queue_url_is_all_a_run_with_local_images_needs(runner, images):
+    """No rest_url: the queue URL answers /_sim/health, so uploads go to it too."""
+    sim = await runner.start()
+    images.folder(runner.tmp, 2)
+    summary = await runner.run(runner.spec(matrix(runner.tmp, "ink"), rest_url=None))
+    assert summary.exit_code == ExitCode.OK, summary.text()
+    assert uploads(sim) == 2
+
+
+async def test_without_rest_url_another_queue_uploads_to_fals_storage(tmp_path):
+    import socket
+
+    from batch.fal import DEFAULT_REST_URL, Credentials, QueueClient
+    from batch.pipeline.uploads import storage_url
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "m.csv").write_text("prompt,image_urls\nx,https://a.test/b.png\n")
+    proxy = f"http://127.0.0.1:{port}"  # nothing listens: not a simulator
+    spec = JobSpec.for_manifest(tmp_path / "m.csv", queue=proxy)
+    async with QueueClient(base_url=proxy, credentials=Credentials("k")) as client:
+        assert await storage_url(spec, client) == DEFAULT_REST_URL
+        explicit = spec.with_overrides(rest_url="https://storage.example.com/")
+        assert await storage_url(explicit, client) == "https://storage.example.com"

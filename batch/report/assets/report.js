@@ -51,6 +51,12 @@
     }
     return box;
   }
+  // A side's thumbnails in a near-square grid: 2 side by side, 3 or 4 in 2 columns, and so on
+  // (report.css sizes the side from --cols and shrinks it to fit the card).
+  function columns(side) {
+    var n = side.children.length;
+    if (n) side.style.setProperty('--cols', String(Math.ceil(Math.sqrt(n))));
+  }
   function card(it) {
     var c = el('article', 'card ' + it.s + (it.f ? ' flagged' : ''));
     c.dataset.key = it.k;
@@ -71,6 +77,7 @@
     it.o.forEach(function (m) { outs.appendChild(media(m, 'output')); });
     var none = it.s === 'failed' ? 'no output' : it.s;
     if (!it.o.length) outs.appendChild(media([null, null, none], 'output'));
+    [ins, outs].forEach(columns);
     pair.appendChild(ins);
     pair.appendChild(el('span', 'arrow', '\u2192'));
     pair.appendChild(outs);
