@@ -17,7 +17,7 @@ priority: low                        # normal | low | unset
 start_timeout: 600                   # seconds an item may stay queued; unset: no limit
 deadline: 1800                       # seconds per item, end to end; unset: no limit
 sim: {capacity: 4, latency: "uniform:0.2,0.8", seed: 1}   # for queue: local
-rest_url: https://rest.fal.ai        # fal storage API (CDN token); default: fal's, or the simulator's
+rest_url: https://rest.fal.ai        # storage API; default: fal's, or a simulator queue's URL
 inputs: upload                       # local images: upload | data-uri (small files inline)
 upload_concurrency: 4                # uploads in flight
 upload_max_age: 24h                  # an upload older than this is done again (seconds or 90m, 2d)
@@ -69,7 +69,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from batch.fal import DEFAULT_QUEUE_URL, DEFAULT_REST_URL
+from batch.fal import DEFAULT_QUEUE_URL
 from batch.job.paths import absolute, drop_value, output_problem
 from batch.job.settings import (
     _URL_RE,
