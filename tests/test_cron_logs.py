@@ -86,3 +86,19 @@ async def test_a_dry_run_on_a_new_folder_creates_nothing(tmp_path: Path) -> None
     assert not (tmp_path / "out").exists()
     assert "dry run: nothing sent" in out
     assert "ledger:" not in out and "images:" not in out  # no path that does not exist
+
+
+def test_an_ending_error_is_a_json_line_too(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from batch.cli import main
+
+    manifest = tmp_path / "bad.csv"
+    manifest.write_text("id,prompt,image_urls\na,,https://x.test/a.png\n")
+    result = CliRunner().invoke(
+        main, ["run", str(manifest), "--queue-url", "local", "--log-format", "json"]
+    )
+    assert result.exit_code == 2
+    [line] = [json.loads(x) for x in result.stderr.splitlines() if x.strip()]
+    assert (line["event"], line["level"], line["exit_code"]) == ("error", "error", 2)
+    assert "bad.csv:2: prompt" in line["message"]

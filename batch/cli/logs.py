@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 import click
 
+from batch.cli.outcomes import LOG_FORMAT
 from batch.pipeline.events import LogProgress, Progress, TqdmProgress
 from batch.pipeline.summary import RunSummary
 
@@ -44,6 +46,9 @@ class TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def setup_logging(log_format: str) -> None:
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:  # an ending error is then said in the same format (`outcomes`)
+        ctx.find_root().meta[LOG_FORMAT] = log_format
     handler: logging.Handler
     if log_format == "json":
         handler = logging.StreamHandler(sys.stderr)
@@ -69,10 +74,12 @@ def say_summary(summary: RunSummary, log_format: str) -> None:
     """The run's closing words on stdout (its warnings on stderr): text, or with
     `--log-format json` one JSON object each, like every other line."""
     if log_format == "json":
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
         for warning in summary.warnings:
-            line = {"level": "warning", "event": "warning", "message": warning}
+            line = {"time": now, "level": "warning", "message": warning, "event": "warning"}
             click.echo(json.dumps(line, ensure_ascii=False), err=True)
-        click.echo(json.dumps(summary.as_dict(), ensure_ascii=False, default=str))
+        head = {"time": now, "level": "info", "message": summary.text().splitlines()[0]}
+        click.echo(json.dumps({**head, **summary.as_dict()}, ensure_ascii=False, default=str))
         return
     for warning in summary.warnings:
         click.echo(f"warning: {warning}", err=True)

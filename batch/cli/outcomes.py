@@ -13,6 +13,7 @@ error it means (`batch.outputs.faults`, `batch.ledger.faults`) and that error's 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import sqlite3
 import sys
@@ -38,8 +39,28 @@ def remember_output(output_dir: Path) -> None:
         ctx.meta[OUTPUT_DIR] = output_dir
 
 
+LOG_FORMAT = "log_format"  # ctx.meta key: "json" when the command logs JSON lines
+
+
+def say_error(message: str, code: ExitCode, **fields: Any) -> None:
+    """An ending error on stderr: its text, or one JSON line under `--log-format json`."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get(LOG_FORMAT) == "json":
+        line = {
+            "time": datetime.datetime.now().strftime("%Y-%m-%dT%H:%M:%S"),
+            "level": "error",
+            "message": message,
+            "event": "error",
+            "exit_code": int(code),
+            **fields,
+        }
+        click.echo(json.dumps(line, ensure_ascii=False, default=str), err=True)
+    else:
+        click.echo(message, err=True)
+
+
 def fail(exc: BaseException, code: ExitCode) -> NoReturn:
-    click.echo(str(exc), err=True)
+    say_error(str(exc), code)
     sys.exit(code)
 
 
@@ -58,11 +79,12 @@ class Commands(click.Group):
             if fault is not None:
                 fail(fault, fault.exit_code)
             log = write_crash_log(exc, ctx.meta.get(OUTPUT_DIR))
-            click.echo(
+            say_error(
                 f"firered-batch crashed: {type(exc).__name__}: {exc}\n"
                 f"the full traceback is in {log}; nothing already completed is lost, and "
                 "running the same command again resumes (please report this crash)",
-                err=True,
+                ExitCode.CRASH,
+                crash_log=str(log),
             )
             sys.exit(ExitCode.CRASH)
 

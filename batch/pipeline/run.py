@@ -32,7 +32,6 @@ from batch.ledger.group import GroupCommit
 from batch.outputs import DiskFullError, NotWritableError
 from batch.outputs.lock import run_lock
 from batch.outputs.naming import cleanup_temp_files
-from batch.outputs.presence import LEDGER_NAME
 from batch.pipeline.admission import Admission
 from batch.pipeline.budget import cost_lines, make_budget
 from batch.pipeline.dispatch import Dispatcher, StopSignal
@@ -82,7 +81,7 @@ async def run_job(
         check_detach(spec)
     output_dir = spec.output
     summary = RunSummary(spec.name, output_dir, ExitCode.OK)
-    if dry_run and not (output_dir / LEDGER_NAME).exists():
+    if dry_run and _new_folder(output_dir):
         # Nothing to resume: plan into a ledger that goes away, and create nothing.
         with (
             tempfile.TemporaryDirectory(prefix="firered-dry-run-") as tmp,
@@ -138,6 +137,16 @@ async def run_job(
             price = known_price(spec, ledger)
             summary.cost = cost_lines(ledger, price, _max_usd(spec), endpoint=spec.endpoint)
     return summary
+
+
+def _new_folder(folder: Path) -> bool:
+    """No output folder yet, or an empty one (one with files but no ledger is refused)."""
+    try:
+        return not any(folder.iterdir())
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def _dry_run(spec: JobSpec, ledger: Ledger, summary: RunSummary, redo_changed: bool) -> RunSummary:

@@ -22,6 +22,7 @@ import colorsys
 import functools
 import hashlib
 import io
+import re
 import threading
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
@@ -88,6 +89,14 @@ async def _download(session: aiohttp.ClientSession, url: str, index: int) -> byt
         raise InputImageError(index, f"Failed to download image: {exc!r}") from exc
 
 
+def _why(exc: Exception) -> str:
+    """Pillow's reason, without the repr of the buffer it read (`<_io.BytesIO object at 0x…>`)."""
+    return _REPR.sub("", str(exc)).strip() or type(exc).__name__
+
+
+_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
 def _verify(data: bytes, index: int) -> None:
     if not data:
         raise InputImageError(index, "Image is empty")
@@ -95,7 +104,7 @@ def _verify(data: bytes, index: int) -> None:
         with Image.open(io.BytesIO(data)) as im:
             im.verify()
     except Exception as exc:  # Pillow raises many types for bad data; all mean "not an image"
-        raise InputImageError(index, f"Not a valid image: {exc}") from exc
+        raise InputImageError(index, f"Not a valid image: {_why(exc)}") from exc
 
 
 async def fetch_input(
@@ -144,7 +153,7 @@ def _open_rgb(data: bytes, index: int, draft_size: tuple[int, int] | None) -> Im
             im.paste(rgba, mask=rgba.getchannel("A"))
         return im.convert("RGB") if im.mode != "RGB" else im
     except Exception as exc:  # Pillow raises many types for bad data
-        raise InputImageError(index, f"Not a valid image: {exc}") from exc
+        raise InputImageError(index, f"Not a valid image: {_why(exc)}") from exc
 
 
 def _cover(im: Image.Image, size: tuple[int, int]) -> Image.Image:

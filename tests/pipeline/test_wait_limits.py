@@ -29,6 +29,8 @@ async def test_requests_of_a_dead_embedded_simulator_are_sent_again(tmp_path, ru
     simulator that is gone: the next run sends them again at once instead of waiting forever."""
     manifest = runner.manifest(3)
     spec = JobSpec.for_manifest(manifest, queue="local", output=tmp_path / "out")
+    with Ledger.open(tmp_path / "out"):
+        pass  # a ledger to plan into: a dry run on a new folder creates nothing
     assert (await run_job(spec, dry_run=True)).counts["pending"] == 3
     with Ledger.open(tmp_path / "out") as ledger:
         for i in range(2):

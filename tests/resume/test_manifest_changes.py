@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 
+from batch.ledger import Ledger
+
 
 def _results(h) -> dict[str, dict[str, str]]:
     with open(h.out / "results.csv", newline="", encoding="utf-8") as fh:
@@ -86,6 +88,8 @@ async def test_rows_removed_before_they_ran_are_reported_not_waited_for(harness)
     h = harness
     rows = h.items(4)
     h.write_manifest(rows)
+    with Ledger.open(h.out):
+        pass  # a ledger to plan into: a dry run on a new folder creates nothing
     planned = await h.run("--dry-run")
     assert planned.code == 0 and h.counts()["pending"] == 4
 
