@@ -266,3 +266,80 @@ def write_json(path: Path | None, figures: dict[str, Any]) -> None:
 
 def machine() -> dict[str, Any]:
     return {"python": sys.version.split()[0], "cpus": os.cpu_count(), "platform": sys.platform}
+
+
+# --- what the simulator's job records (`SimProcess.jobs()`) tell -------------------------------
+
+
+def done_jobs(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The jobs that completed without an error."""
+    return [job for job in jobs if job.get("completed_at") and not job.get("error_type")]
+
+
+def submit_span(jobs: list[dict[str, Any]]) -> float:
+    """Seconds from the first accepted submit to the last (each record is an accepted submit)."""
+    submitted = [float(job["submitted_at"]) for job in jobs]
+    return max(submitted) - min(submitted) if submitted else 0.0
+
+
+def submitted_before_first_completion(jobs: list[dict[str, Any]]) -> int:
+    """How many submits the simulator had accepted when the first job completed."""
+    done = done_jobs(jobs)
+    if not done:
+        return len(jobs)
+    first = min(float(job["completed_at"]) for job in done)
+    return sum(1 for job in jobs if float(job["submitted_at"]) <= first)
+
+
+def refill_gaps(jobs: list[dict[str, Any]], slots: int) -> list[float]:
+    """Seconds from each completion to the submit that refills its slot.
+
+    With at most `slots` requests at the server, the (slots + k)-th submit (in time order) can
+    only follow the k-th completion: the gap between the two is the time that slot stood idle
+    while there was more work. A negative gap means the client had more than `slots` requests
+    at the server (the extra waited in its queue)."""
+    submitted = sorted(float(job["submitted_at"]) for job in jobs)
+    completed = sorted(float(job["completed_at"]) for job in done_jobs(jobs))
+    pairs = min(len(completed), len(submitted) - slots)
+    return [submitted[slots + k] - completed[k] for k in range(max(0, pairs))]
+
+
+def peak_at_server(jobs: list[dict[str, Any]]) -> int:
+    """The most requests the simulator held at once (queued or running), from submit to end."""
+    events: list[tuple[float, int]] = []
+    for job in jobs:
+        events.append((float(job["submitted_at"]), 1))
+        if job.get("completed_at"):
+            events.append((float(job["completed_at"]), -1))
+    peak = held = 0
+    for _, change in sorted(events):  # at a tie an end (-1) sorts before a submit (+1)
+        held += change
+        peak = max(peak, held)
+    return peak
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    """The `q` quantile (0..1) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+async def run_ours(sim: SimProcess, manifest: Path, output: Path, **settings: Any) -> int:
+    """Our runner on `manifest` against `sim`, as the CLI runs it; its exit code (0, or raises).
+
+    `settings` are `JobSpec` fields (concurrency, rate, wait, queue_ahead, ...)."""
+    from batch import JobSpec, run_job
+    from batch.cli.collector import fewer_collections
+    from batch.fal import Credentials
+
+    spec = JobSpec.for_manifest(manifest, queue=sim.url, output=output, **settings)
+    with fewer_collections():
+        summary = await run_job(spec, credentials=Credentials(sim.key))
+    if summary.exit_code != 0:
+        raise RuntimeError(summary.text())
+    return int(summary.exit_code)

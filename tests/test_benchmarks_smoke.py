@@ -190,3 +190,41 @@ def test_imaging_reports_ms_per_render_for_every_size_and_format(tmp_path: Path)
         assert case["cpu_ms_per_render"] >= 0
         assert case["n"] == N
     assert_positive(figures, ["png_64x64_ms_per_render"])
+
+
+@pytest.mark.timeout(90)
+def test_cold_start_compares_our_modes_with_both_baselines(tmp_path: Path) -> None:
+    """cold_start.py submits every item at once in each row and reports its figures."""
+    figures = run_script("cold_start.py", tmp_path / "cold_start.json", "--service", "0.5")
+    runs = figures["runs"]
+    assert set(runs) == {"ours: poll", "ours: stream", "baseline: poll 1 s", "baseline: poll 0.1 s"}
+    for name, run in runs.items():
+        assert_positive(
+            run,
+            ["over_oracle", "makespan_s", "oracle_s", "status_per_item", "client_cpu_ms_per_item"],
+        )
+        assert run["submit_span_s"] >= 0, name
+        assert run["completed"] == N, name
+        assert run["submitted_before_first_done"] == N, name
+
+
+@pytest.mark.timeout(90)
+def test_strict_concurrency_compares_our_modes_with_both_baselines(tmp_path: Path) -> None:
+    """strict_concurrency.py runs with queue_ahead 0 and reports efficiency and refill gaps."""
+    figures = run_script(
+        "strict_concurrency.py",
+        tmp_path / "strict.json",
+        "--capacity",
+        "5",
+        "--latency",
+        "lognormal:0.1,0.5",
+    )
+    runs = figures["runs"]
+    assert set(runs) == {"ours: poll", "ours: stream", "baseline: poll 1 s", "baseline: poll 0.1 s"}
+    for name, run in runs.items():
+        assert_positive(run, ["efficiency", "makespan_s", "oracle_s", "status_per_item"])
+        assert isinstance(run["refill_gap_median_ms"], float), name
+        assert isinstance(run["refill_gap_p90_ms"], float), name
+        assert run["refill_gaps"] == N - 5, name
+        assert run["completed"] == N, name
+        assert 1 <= run["peak_at_server"] <= N, name

@@ -21,6 +21,9 @@ from batch.pipeline.policy import RetryPolicy, retrying
 
 MIN_INTERVAL = 0.05
 MAX_INTERVAL = 5.0
+SCOUTS = 3  # requests that poll closely while no service time is known yet
+SCOUT_STEP = 0.1  # a scout's interval: 0.1 s + this share of its wait (lateness ≤ ~10%)
+MAX_COLD_WAIT = 30.0  # the longest another request waits for the scouts before asking itself
 
 Poll = Callable[[RequestHandle], Awaitable[Completed]]
 
@@ -116,6 +119,12 @@ class Waiter:
         self.mode = mode
         self.slots = slots
         self.service = ServiceTimes()
+        # Before the first service time is known (a cold start), only a few requests (scouts)
+        # poll closely; the others wait for what the scouts learn (`_learned`: fal's
+        # inference time, or the time a scout was seen running), asking themselves only every
+        # `MAX_COLD_WAIT`. A cold start of thousands of requests then costs few polls.
+        self._scouts: set[str] = set()
+        self._learned = asyncio.Event()
         # A global cap on status requests, a safety valve well above what polling needs.
         self._budget = make_throttler(status_rate or max(100.0, 10.0 * slots))
         self._count = on_status_request
@@ -148,23 +157,60 @@ class Waiter:
 
     async def _poll(self, handle: RequestHandle, *, fresh: bool = False) -> Completed:
         """Poll until COMPLETED. `fresh`: just submitted, so the first look can wait."""
-        if fresh:
-            await asyncio.sleep(first_poll(self.service, handle.queue_position, self.slots))
-        first = time.monotonic()
-        started: float | None = None
-        while True:
-            status = await self._status(handle)
-            if isinstance(status, Completed):
-                self._learn(status)
-                return status
-            now = time.monotonic()
-            if isinstance(status, InProgress) and started is None:
-                started = now
-            elif isinstance(status, Queued):
-                started = None  # fal retries requests itself: a running one may queue again
-            running_for = now - started if started is not None else 0.0
-            delay = next_poll(status, self.service, running_for, self.slots, now - first)
-            await asyncio.sleep(delay)
+        began = time.monotonic()
+        try:
+            if fresh:
+                if self.service.samples or self._scout(handle):
+                    await asyncio.sleep(first_poll(self.service, handle.queue_position, self.slots))
+                else:
+                    await self._cold_wait(handle, began)
+            first = time.monotonic()
+            started: float | None = None
+            while True:
+                status = await self._status(handle)
+                if isinstance(status, Completed):
+                    seen = time.monotonic() - (started if started is not None else began)
+                    self._learn(status, seen)
+                    return status
+                now = time.monotonic()
+                if isinstance(status, InProgress) and started is None:
+                    started = now
+                elif isinstance(status, Queued):
+                    started = None  # fal retries requests itself: a running one may queue again
+                if self.service.samples:
+                    running_for = now - started if started is not None else 0.0
+                    delay = next_poll(status, self.service, running_for, self.slots, now - first)
+                    await asyncio.sleep(delay)
+                elif self._scout(handle):
+                    await asyncio.sleep(_clamp(0.1 + SCOUT_STEP * (now - first)))
+                else:
+                    await self._cold_wait(handle, began)
+        finally:
+            self._scouts.discard(handle.request_id)
+
+    def _scout(self, handle: RequestHandle) -> bool:
+        """Whether this request polls closely while no service time is known: the first few."""
+        if handle.request_id in self._scouts:
+            return True
+        if len(self._scouts) < SCOUTS:
+            self._scouts.add(handle.request_id)
+            return True
+        return False
+
+    async def _cold_wait(self, handle: RequestHandle, began: float) -> None:
+        """Wait until a scout learns a service time (at most `MAX_COLD_WAIT`), then until this
+        request is likely done, counted from when its wait began."""
+        if not self._learned.is_set():
+            try:
+                async with asyncio.timeout(MAX_COLD_WAIT):
+                    await self._learned.wait()
+            except TimeoutError:
+                return
+        likely = self.service.estimate + self.service.spread
+        ahead = (handle.queue_position or 0) / max(self.slots, 1) * self.service.estimate
+        left = ahead + likely - (time.monotonic() - began)
+        if left > 0:
+            await asyncio.sleep(min(left, MAX_INTERVAL))
 
     async def _status(self, handle: RequestHandle) -> Status:
         """One status answer; status is idempotent, so transient failures are asked again."""
@@ -176,7 +222,22 @@ class Waiter:
 
         return await retrying(once, self.policy, attempts=self.policy.status_attempts)
 
-    def _learn(self, status: Completed) -> None:
-        inference = status.metrics.get("inference_time")
-        if isinstance(inference, int | float) and not status.failed:
-            self.service.record(float(inference))
+    def _learn(self, status: Completed, seen: float | None = None) -> None:
+        """A service time: fal's `inference_time`; before any, a poller's own observation
+        (`seen`: from first seeing it running, or from the start of its wait), so that a cold
+        start learns even from an app that sends no metrics."""
+        if status.failed:
+            return
+        inference = inference_time(status)
+        if inference is not None:
+            self.service.record(inference)
+        elif seen is not None and not self.service.samples:
+            self.service.record(seen)
+        else:
+            return
+        self._learned.set()
+
+
+def inference_time(status: Completed) -> float | None:
+    value = status.metrics.get("inference_time")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

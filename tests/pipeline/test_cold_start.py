@@ -1,0 +1,36 @@
+"""A cold start: many requests submitted before any has finished, so no service time is known.
+Only a few scout requests poll closely; the others wait for what the scouts learn. Counted,
+never timed."""
+
+from __future__ import annotations
+
+from batch.errors import ExitCode
+
+
+async def test_a_cold_start_costs_few_status_requests_per_item(runner):
+    n = 60
+    sim = await runner.start(capacity=n, latency="fixed:1.5")
+    spec = runner.spec(runner.manifest(n), concurrency=n, queue_ahead=0, wait="poll")
+    summary = await runner.run(spec)
+    assert summary.exit_code == ExitCode.OK, summary.text()
+    assert summary.counts["completed"] == n
+    per_item = sim.counters.requests_for("status") / n
+    # Without scouts every request polls at growing intervals: about 8 each for 1.5 s.
+    assert per_item <= 2.5, per_item
+
+
+async def test_without_service_times_from_fal_the_scouts_own_observation_serves(
+    runner, monkeypatch
+):
+    """No `inference_time` in fal's metrics: the scouts' own observation of how long a
+    request ran is learned instead, and the cold start stays cheap."""
+    import batch.pipeline.waiting as waiting
+
+    monkeypatch.setattr(waiting, "inference_time", lambda status: None)
+    n = 40
+    sim = await runner.start(capacity=n, latency="fixed:1.0")
+    spec = runner.spec(runner.manifest(n), concurrency=n, queue_ahead=0)
+    summary = await runner.run(spec)
+    assert summary.exit_code == ExitCode.OK, summary.text()
+    assert summary.counts["completed"] == n
+    assert sim.counters.requests_for("status") / n <= 2.5
