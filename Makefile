@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # Every benchmark prints its table; BENCH_JSON=dir also writes each one's figures as JSON.
-BENCHMARKS := sim_rate throughput makespan defaults live_fal kills lost_answers storm big_manifest resume plan_folder webhook_vs_poll imaging
+BENCHMARKS := sim_rate throughput makespan cold_start strict_concurrency defaults live_fal kills lost_answers storm big_manifest resume plan_folder webhook_vs_poll imaging
 bench: $(STAMP)
 	@for b in $(BENCHMARKS); do \
 	  [ -f benchmarks/$$b.py ] || continue; \

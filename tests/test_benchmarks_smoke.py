@@ -205,7 +205,7 @@ def test_cold_start_compares_our_modes_with_both_baselines(tmp_path: Path) -> No
         )
         assert run["submit_span_s"] >= 0, name
         assert run["completed"] == N, name
-        assert run["submitted_before_first_done"] == N, name
+        assert 1 <= run["submitted_before_first_done"] <= N, name
 
 
 @pytest.mark.timeout(90)

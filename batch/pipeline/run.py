@@ -223,6 +223,7 @@ async def _execute(
             slots=spec.concurrency,
             on_status_request=stats.count_status_request,
             hooks=hooks,
+            eager=_in_flight_limit(spec) <= spec.concurrency,
         )
         platform_url = _platform_url(spec, client)
         price = await resolve_price(spec, client, ledger, platform_url)

@@ -96,6 +96,19 @@ def next_poll(
     return _clamp(max(0.35 * expected, 0.1 * running_for))
 
 
+def eager_poll(service: ServiceTimes, elapsed: float) -> float:
+    """Seconds until the next status request when nothing waits in fal's queue behind this
+    request (`queue_ahead: 0`): its slot idles until its end is noticed, so polls start a
+    little before the likely end and follow closely, thinning out for a straggler.
+    `elapsed`: since it was submitted (it started then: nothing was ahead of it)."""
+    estimate, spread = max(service.estimate, MIN_INTERVAL), service.spread
+    start = estimate - 0.3 * spread
+    if elapsed < start:
+        return _clamp(start - elapsed)
+    step = max(0.5 * spread, 0.05 * estimate, 0.1 * (elapsed - estimate - 2 * spread))
+    return _clamp(step)
+
+
 def _clamp(seconds: float) -> float:
     return min(MAX_INTERVAL, max(MIN_INTERVAL, seconds))
 
@@ -113,8 +126,10 @@ class Waiter:
         status_rate: float | None = None,
         on_status_request: Callable[[], None] = lambda: None,
         hooks: Hooks | None = None,
+        eager: bool = False,
     ) -> None:
         self.client = client
+        self.eager = eager  # no queue ahead at fal: a late look leaves a slot idle
         self.policy = policy
         self.mode = mode
         self.slots = slots
@@ -160,7 +175,9 @@ class Waiter:
         began = time.monotonic()
         try:
             if fresh:
-                if self.service.samples or self._scout(handle):
+                if self.service.samples and self.eager and not handle.queue_position:
+                    await asyncio.sleep(eager_poll(self.service, 0.0))
+                elif self.service.samples or self._scout(handle):
                     await asyncio.sleep(first_poll(self.service, handle.queue_position, self.slots))
                 else:
                     await self._cold_wait(handle, began)
@@ -177,7 +194,9 @@ class Waiter:
                     started = now
                 elif isinstance(status, Queued):
                     started = None  # fal retries requests itself: a running one may queue again
-                if self.service.samples:
+                if self.service.samples and self.eager and isinstance(status, InProgress):
+                    await asyncio.sleep(eager_poll(self.service, now - began))
+                elif self.service.samples:
                     running_for = now - started if started is not None else 0.0
                     delay = next_poll(status, self.service, running_for, self.slots, now - first)
                     await asyncio.sleep(delay)

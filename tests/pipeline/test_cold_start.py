@@ -34,3 +34,25 @@ async def test_without_service_times_from_fal_the_scouts_own_observation_serves(
     assert summary.exit_code == ExitCode.OK, summary.text()
     assert summary.counts["completed"] == n
     assert sim.counters.requests_for("status") / n <= 2.5
+
+
+def test_with_no_queue_ahead_polls_start_before_the_likely_end_and_follow_closely():
+    from batch.pipeline.waiting import ServiceTimes, eager_poll
+
+    service = ServiceTimes()
+    service.estimate, service.spread, service.samples = 2.0, 0.8, 50
+    first = eager_poll(service, 0.0)
+    assert first < service.estimate  # before the likely end, not after it
+    step = eager_poll(service, 2.0)
+    assert step <= 0.5 * service.spread + 1e-9  # closely once it may be done
+    assert eager_poll(service, 20.0) > step  # a straggler is asked less often
+
+
+async def test_a_strict_concurrency_run_completes_with_few_polls(runner):
+    n = 30
+    sim = await runner.start(capacity=5, latency="uniform:0.1,0.3")
+    spec = runner.spec(runner.manifest(n), concurrency=5, queue_ahead=0, wait="poll")
+    summary = await runner.run(spec)
+    assert summary.exit_code == ExitCode.OK, summary.text()
+    assert summary.counts["completed"] == n
+    assert sim.counters.requests_for("status") / n <= 6
