@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import os
+import socket
+import sys
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +126,51 @@ class Runner:
         kwargs.setdefault("policy", FAST)
         kwargs.setdefault("credentials", Credentials(TEST_KEY))
         return await run_job(spec, **kwargs)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def run_cli(
+    *args: str, key: str = TEST_KEY, cwd: Path | None = None, timeout: float = 60.0
+) -> tuple[int, str, str]:
+    """`firered-batch ARGS` in a process of its own (FAL_KEY=`key`): exit code, stdout, stderr."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
+    env["FAL_KEY"] = key
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "batch",
+        *args,
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+ECHO = "fal-ai/echo"  # a simulator app that answers at once with its input, no pixels
+
+
+def iso_utc(ts: float) -> str:
+    """Epoch seconds as the ISO 8601 UTC text fal's Platform API takes."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+async def history_items(api: Any, params: Any = None, endpoint: str = ECHO) -> list[Any]:
+    """The items of one request-history page (`api`: the simulator tests' client)."""
+    reply = await api.history(params, endpoint)
+    assert reply.status == 200, reply.text
+    listed: list[Any] = reply.json()["items"]
+    return listed
+
+
+def request_ids(listed: list[Any]) -> list[str]:
+    return [item["request_id"] for item in listed]

@@ -1,36 +1,15 @@
 """The command line: real `firered-batch` processes, their exit codes and what they print."""
 
-import asyncio
 import json
-import os
-import sys
 
 import pytest
 from click.testing import CliRunner
-from support import TEST_KEY, item_rows, png_uri, write_csv
+from support import TEST_KEY, item_rows, png_uri, run_cli, write_csv
 
 from batch.cli import main
 from batch.sim import Simulator
 
 ALL_COMMANDS = ["run", "validate", "status", "export", "report", "retry", "doctor", "sim"]
-
-
-async def _cli(*args: str, key: str = TEST_KEY, cwd=None) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
-    env["FAL_KEY"] = key
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "batch",
-        *args,
-        env=env,
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture
@@ -51,16 +30,16 @@ async def test_run_exit_0_then_status_and_export(sim, tmp_path):
     manifest = tmp_path / "m.csv"
     write_csv(manifest, item_rows(3))
     out = tmp_path / "out"
-    code, stdout, stderr = await _cli(
+    code, stdout, stderr = await run_cli(
         "run", str(manifest), "--queue-url", sim.url, "--output", str(out)
     )
     assert code == 0, stderr
     assert "3 completed" in stdout and str(out / "images") in stdout
     assert TEST_KEY not in stdout + stderr
-    code, stdout, _ = await _cli("status", str(manifest), "--output", str(out), "--json")
+    code, stdout, _ = await run_cli("status", str(manifest), "--output", str(out), "--json")
     assert code == 0 and json.loads(stdout)["counts"]["completed"] == 3
     (out / "results.csv").unlink()
-    code, stdout, _ = await _cli("export", str(manifest), "--output", str(out))
+    code, stdout, _ = await run_cli("export", str(manifest), "--output", str(out))
     assert code == 0 and (out / "results.csv").exists()
 
 
@@ -74,7 +53,7 @@ async def test_invalid_manifest_exit_2_lists_every_bad_row_and_sends_nothing(sim
         f'd,x,"{png_uri()}",4,gif\n',
         encoding="utf-8",
     )
-    code, _, stderr = await _cli("run", str(manifest), "--queue-url", sim.url, cwd=tmp_path)
+    code, _, stderr = await run_cli("run", str(manifest), "--queue-url", sim.url, cwd=tmp_path)
     assert code == 2
     assert stderr.splitlines() == [
         "bad.csv:3: prompt: Field required",
@@ -82,7 +61,7 @@ async def test_invalid_manifest_exit_2_lists_every_bad_row_and_sends_nothing(sim
         "bad.csv:5: output_format: Input should be 'jpeg' or 'png'",
     ]
     assert sim.counters.snapshot()["requests"] == {}
-    code, _, _ = await _cli("validate", str(manifest), cwd=tmp_path)
+    code, _, _ = await run_cli("validate", str(manifest), cwd=tmp_path)
     assert code == 2
 
 
@@ -90,7 +69,7 @@ async def test_unknown_job_key_exit_2(tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text("manifest: m.csv\nconcurency: 3\n", encoding="utf-8")
     write_csv(tmp_path / "m.csv", item_rows(1))
-    code, _, stderr = await _cli("run", str(job), cwd=tmp_path)
+    code, _, stderr = await run_cli("run", str(job), cwd=tmp_path)
     assert code == 2
     assert "job.yaml:2: concurency: unknown field" in stderr
 
@@ -101,7 +80,7 @@ async def test_failed_items_exit_1(sim, tmp_path):
         json.dumps({"prompt": "p", "image_urls": ["data:image/png;base64,AAAA"]}) + "\n",
         encoding="utf-8",
     )
-    code, stdout, _ = await _cli(
+    code, stdout, _ = await run_cli(
         "run", str(manifest), "--queue-url", sim.url, "--output", str(tmp_path / "o")
     )
     assert code == 1 and "1 failed" in stdout
@@ -110,7 +89,7 @@ async def test_failed_items_exit_1(sim, tmp_path):
 async def test_wrong_key_exit_3(sim, tmp_path):
     manifest = tmp_path / "m.csv"
     write_csv(manifest, item_rows(2))
-    code, stdout, stderr = await _cli(
+    code, stdout, stderr = await run_cli(
         "run",
         str(manifest),
         "--queue-url",
@@ -126,7 +105,7 @@ async def test_wrong_key_exit_3(sim, tmp_path):
 async def test_validate_prints_counts(tmp_path):
     manifest = tmp_path / "m.csv"
     write_csv(manifest, item_rows(4, image_size="square", num_images=2))
-    code, stdout, _ = await _cli("validate", str(manifest), cwd=tmp_path)
+    code, stdout, _ = await run_cli("validate", str(manifest), cwd=tmp_path)
     assert code == 0
     assert stdout.strip() == "m.csv: 4 items, 4 input images → 8 output images, 2.1 MP"
 

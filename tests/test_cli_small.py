@@ -3,17 +3,14 @@ a busy port, a file that is neither a manifest nor a job file, `webhook serve --
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
 from click.testing import CliRunner
-from support import TEST_KEY, item_rows, write_csv
+from support import TEST_KEY, free_port, item_rows, run_cli, write_csv
 
 from batch.cli import main
 from batch.cli.ledger_commands import ERROR_KINDS
@@ -131,52 +128,29 @@ def test_a_file_neither_manifest_nor_job_file_says_what_is_accepted(tmp_path):
         )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def _cli(*args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
-    env["FAL_KEY"] = TEST_KEY
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "batch",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_webhook_serve_takes_a_manifest_and_its_queue_url(tmp_path):
     """As the README's detached example, with a manifest: `webhook serve` fetches from the
     queue it is given (each delivery here lacks its payload, so every result is fetched)."""
     manifest = tmp_path / "m.csv"
     write_csv(manifest, item_rows(3))
     out = tmp_path / "out"
-    port = _free_port()
+    port = free_port()
     faults = FaultPlan(rules=[FaultRule(kind="webhook_payload_error")])
     sim = Simulator(key=TEST_KEY, latency="fixed:0.01", webhook_retry_scale=0.001, faults=faults)
     async with sim:
         hook = ["--webhook-url", f"http://127.0.0.1:{port}/fal"]
         hook += ["--webhook-listen", str(port), "--jwks-url", sim.jwks_url]
         common = [str(manifest), "--queue-url", sim.url, "--output", str(out), *hook]
-        code, stdout, stderr = await _cli("run", *common, "--detach")
+        code, stdout, stderr = await run_cli("run", *common, "--detach")
         assert code == ExitCode.OK, stdout + stderr
-        code, stdout, stderr = await _cli("webhook", "serve", *common, "--until-done")
+        code, stdout, stderr = await run_cli("webhook", "serve", *common, "--until-done")
         assert code == ExitCode.OK, stdout + stderr
         assert "3 completed" in stdout
         assert sim.counters.requests_for("result") >= 3
     with Ledger.open(out) as ledger:
         assert ledger.counts()["completed"] == 3
 
-    code, _, stderr = await _cli(
+    code, _, stderr = await run_cli(
         "webhook", "serve", str(manifest), "--queue-url", "local", "--output", str(out)
     )
     assert code == ExitCode.INVALID and "needs a remote queue" in stderr

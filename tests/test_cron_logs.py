@@ -4,18 +4,14 @@ otherwise, never a repr. A real `firered-batch run` process against a simulator 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
-from support import TEST_KEY, png_uri, write_csv
+from support import TEST_KEY, png_uri, run_cli, write_csv
 
 from batch.sim import Simulator
 
 BROKEN_IMAGE = "data:image/png;base64,AAAAAAAA"  # the simulator cannot load it: a 422
-RUN_TIMEOUT = 60.0
 
 
 async def _run(tmp: Path, sim: Simulator, *extra: str) -> tuple[int, str, str]:
@@ -23,17 +19,9 @@ async def _run(tmp: Path, sim: Simulator, *extra: str) -> tuple[int, str, str]:
     rows += [{"id": f"bad{i}", "prompt": "sharpen", "image_urls": [BROKEN_IMAGE]} for i in range(2)]
     manifest = tmp / "nightly.csv"
     write_csv(manifest, rows)
-    env = {k: v for k, v in os.environ.items() if k != "FAL_KEY"} | {"FAL_KEY": TEST_KEY}
-    proc = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "batch", "run", str(manifest), "--queue-url", sim.url),
-        *("--output", str(tmp / "out"), *extra),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    return await run_cli(
+        *("run", str(manifest), "--queue-url", sim.url, "--output", str(tmp / "out"), *extra)
     )
-    out, err = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_json_logs_are_one_object_per_line_with_start_failures_progress_summary(

@@ -84,12 +84,6 @@ def test_every_example_is_run_or_says_why_not() -> None:
         assert block.skip is None or len(block.skip) > 10, f"README.md:{block.line}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_port(port: int, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -264,7 +264,7 @@ class JobSpec(SettingsModel):
     def _queue(cls, value: str) -> str:
         if value != LOCAL_QUEUE and not _URL_RE.fullmatch(value):
             raise _fail("must be 'local' or an http(s) URL")
-        return value
+        return value if value == LOCAL_QUEUE else value.rstrip("/")
 
     @field_validator("rest_url")
     @classmethod
@@ -310,6 +310,11 @@ class JobSpec(SettingsModel):
     def local(self) -> bool:
         """True when the run uses the embedded simulator."""
         return self.queue == LOCAL_QUEUE
+
+    @property
+    def on_fal(self) -> bool:
+        """True when the queue is fal's own (its storage and Platform API are fal's too)."""
+        return self.queue == DEFAULT_QUEUE_URL
 
     @classmethod
     def for_manifest(cls, manifest_path: str | os.PathLike[str], **overrides: Any) -> JobSpec:

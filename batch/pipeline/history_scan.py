@@ -17,6 +17,7 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from batch.fal import HistoryEntry, PlatformClient
@@ -37,6 +38,11 @@ class Sent:
     endpoint: str
     payload: str  # canonical JSON
     sent_at: float
+
+    @cached_property
+    def match(self) -> str:
+        """The payload's `match_key`, made once."""
+        return match_key(json.loads(self.payload))
 
 
 @dataclass
@@ -68,7 +74,7 @@ async def scan(
     platform: PlatformClient, endpoint: str, sends: list[Sent], known: Known, limit: int
 ) -> Look:
     """Read the history for `sends` (all at `endpoint`); see the module doc."""
-    wanted = Counter(match_key(json.loads(s.payload)) for s in sends)
+    wanted = Counter(s.match for s in sends)
     keysets = {tuple(sorted(json.loads(text))) for text in wanted}
     earliest = min(s.sent_at for s in sends) - SKEW_S
     look = Look()

@@ -174,6 +174,7 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> tuple[RequestHandle, bool]:
         if ctx.recovery is not None and token is not None:
             ctx.recovery.answered(token, None if handle is None else handle.request_id)
     if handle is None:
+        assert lost is not None  # every other way out of `_send` raised
         # fal may have queued it, and cannot tell us its id: look for it in fal's history,
         # and only if it is not there submit again, and say so.
         sent_text = canonical_json(payload)
@@ -181,7 +182,7 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> tuple[RequestHandle, bool]:
         if found is not None:
             return found, False
         await _note_ambiguous(ctx, row)
-        await retry(ctx, row, lost or AmbiguousSubmitError("submit answer lost"), delay=0.0)
+        await retry(ctx, row, lost, delay=0.0)
     crashpoints.crashpoint("submit")
     await ctx.writes.write(
         lambda: ctx.ledger.mark_submitted(

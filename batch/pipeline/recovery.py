@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import Counter, defaultdict
@@ -80,10 +79,6 @@ class _Wait:
     sent: Sent
     give_up: float  # epoch seconds
     future: asyncio.Future[str | None]
-    key: str = ""  # the payload's match key
-
-    def __post_init__(self) -> None:
-        self.key = match_key(json.loads(self.sent.payload))
 
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -119,6 +114,7 @@ class Recovery:
         self._answer = asyncio.Event()
         self._truncated: set[str] = set()  # endpoints whose last look was cut short
         self._limit = MAX_HISTORY_LIMIT
+        self._said_no_payload = False  # logged once a run
         self._task: asyncio.Task[None] | None = None
         self._new = asyncio.Event()
         self.stats: Counter[str] = Counter()  # recovered, not_found, looks, pages, shared
@@ -235,10 +231,10 @@ class Recovery:
             self._truncated.add(endpoint)
         else:
             self._truncated.discard(endpoint)
-        if look.without_payload and not self.stats["said_no_payload"]:
-            self.stats["said_no_payload"] = 1
+        if look.without_payload and not self._said_no_payload:
+            self._said_no_payload = True
             log.info("fal's request history has entries without payloads near a lost submit")
-        await self._answers(on_wire, {w.key for w in waits})
+        await self._answers(on_wire, {w.sent.match for w in waits})
         self._assign(waits, look)
 
     async def _answers(self, tokens: set[int], keys: set[str]) -> None:
@@ -258,12 +254,11 @@ class Recovery:
     def _assign(self, waits: list[_Wait], look: Look) -> None:
         by_payload: dict[str, list[_Wait]] = defaultdict(list)
         for wait in waits:
-            by_payload[wait.key].append(wait)
+            by_payload[wait.sent.match].append(wait)
         for key, group in by_payload.items():
             found = [e for e in look.candidates.get(key, []) if e.request_id not in self._claimed]
-            entries = {e.request_id: e for e in found}
-            if entries:
-                entries = {i: e for i, e in entries.items() if i not in self._known(list(entries))}
+            mine = self._known([e.request_id for e in found]) if found else set()
+            entries = {e.request_id: e for e in found if e.request_id not in mine}
             if len(entries) > len(group):
                 self.stats["shared"] += 1
                 log.warning(

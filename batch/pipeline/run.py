@@ -19,7 +19,6 @@ from typing import Any
 
 from batch.errors import ExitCode
 from batch.fal import (
-    DEFAULT_QUEUE_URL,
     AuthError,
     Credentials,
     QueueClient,
@@ -313,7 +312,7 @@ def _platform_url(spec: JobSpec, client: QueueClient) -> str | None:
     """Where fal's Platform API is for this run (see `FalSpec.platform_url`)."""
     if spec.fal.platform_url is not None:
         return spec.fal.platform_url
-    if spec.queue.rstrip("/") == DEFAULT_QUEUE_URL:
+    if spec.on_fal:
         return DEFAULT_PLATFORM_URL
     # The simulator (embedded, or at a URL) serves the Platform routes beside the queue; a
     # proxy that does not answers 404, and the run goes on without them.

@@ -17,6 +17,7 @@ from batch.pipeline.events import event
 from batch.report import REPORT_NAME
 
 log = logging.getLogger("batch.run")
+OUTPUTS = ("images", "ledger.sqlite", "results.csv", "results.jsonl", REPORT_NAME)
 
 
 @dataclass
@@ -64,16 +65,21 @@ class RunSummary:
         ]
         return "\n".join(lines)
 
+    def _existing(self) -> dict[str, Path]:
+        """The run's outputs that exist (a dry run on a new folder writes nothing)."""
+        paths = {name: self.output_dir / name for name in OUTPUTS}
+        return {name: path for name, path in paths.items() if path.exists()}
+
     def _paths(self) -> list[str]:
-        """Where things are: only what exists (a dry run on a new folder writes nothing)."""
-        out = self.output_dir
-        paths = [
-            ("images", out / "images", ""),
-            ("ledger", out / "ledger.sqlite", ""),
-            ("results", out / "results.csv", " and results.jsonl"),
-            ("report", out / REPORT_NAME, ""),
+        existing = self._existing()
+        labels = {"images": "images", "ledger.sqlite": "ledger", "results.csv": "results"}
+        labels[REPORT_NAME] = "report"
+        more = {"results.csv": " and results.jsonl"}
+        return [
+            f"  {label}: {existing[name]}{more.get(name, '')}"
+            for name, label in labels.items()
+            if name in existing
         ]
-        return [f"  {name}: {path}{more}" for name, path, more in paths if path.exists()]
 
     def as_dict(self) -> dict[str, Any]:
         """The summary as one JSON object (`--log-format json`)."""
@@ -95,11 +101,7 @@ class RunSummary:
             "notes": [line.strip() for line in self._notes()],
             "warnings": self.warnings,
             "output": str(out),
-            "paths": {
-                name: str(out / name)
-                for name in ("images", "ledger.sqlite", "results.csv", "results.jsonl", REPORT_NAME)
-                if (out / name).exists()
-            },
+            "paths": {name: str(path) for name, path in self._existing().items()},
         }
 
     def _notes(self) -> list[str]:

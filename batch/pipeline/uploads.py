@@ -30,7 +30,6 @@ import aiohttp
 
 from batch.errors import BatchError
 from batch.fal import (
-    DEFAULT_QUEUE_URL,
     DEFAULT_REST_URL,
     ContentChangedError,
     QueueClient,
@@ -191,7 +190,7 @@ async def storage_url(spec: JobSpec, client: QueueClient) -> str:
         return spec.rest_url
     if spec.local:
         return client.base_url
-    if spec.queue.rstrip("/") != DEFAULT_QUEUE_URL and await _is_simulator(client):
+    if not spec.on_fal and await _is_simulator(client):
         return client.base_url
     return DEFAULT_REST_URL
 

@@ -7,36 +7,23 @@ clock past a request's send time before it lists it."""
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from support import ECHO
+from support import history_items as items
+from support import iso_utc as iso
+from support import request_ids as ids
 
 from batch.sim import FaultPlan, FaultRule, ManualClock
 from batch.sim.clock import DEFAULT_START
 
 HISTORY = "/v1/models/requests/by-endpoint"
-ECHO = "fal-ai/echo"  # not a validated endpoint: answers at once with its input, no pixels
 DAY = 24 * 3600.0
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def cursor(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
-
-
-async def items(api: Any, params: Any = None, endpoint: str = ECHO) -> list[Any]:
-    reply = await api.history(params, endpoint)
-    assert reply.status == 200, reply.text
-    listed: list[Any] = reply.json()["items"]
-    return listed
-
-
-def ids(listed: list[Any]) -> list[str]:
-    return [item["request_id"] for item in listed]
 
 
 # --- filters ----------------------------------------------------------------------------------

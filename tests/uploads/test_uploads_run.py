@@ -276,14 +276,12 @@ async def test_a_simulator_queue_url_is_all_a_run_with_local_images_needs(runner
 
 
 async def test_without_rest_url_another_queue_uploads_to_fals_storage(tmp_path):
-    import socket
+    from support import free_port
 
     from batch.fal import DEFAULT_REST_URL, Credentials, QueueClient
     from batch.pipeline.uploads import storage_url
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     (tmp_path / "m.csv").write_text("prompt,image_urls\nx,https://a.test/b.png\n")
     proxy = f"http://127.0.0.1:{port}"  # nothing listens: not a simulator
     spec = JobSpec.for_manifest(tmp_path / "m.csv", queue=proxy)

@@ -3,7 +3,6 @@ schedule, jobs in `wait: webhook` mode pointed at it, and helpers to forge deliv
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -12,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import FAST, TEST_KEY, Runner
+from support import FAST, TEST_KEY, Runner, free_port
 
 from batch.fal import Credentials
 from batch.job import JobSpec
@@ -20,12 +19,6 @@ from batch.pipeline.webhook_serve import WebhookService
 from batch.sim import FaultPlan, FaultRule, Simulator
 
 RETRY_SCALE = 0.001  # fal's ~2 h schedule in ~7 s: first retry after 10 ms
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _ledger_state(out: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[str]]:

@@ -5,12 +5,10 @@ by polling what is left; serve and a run racing on one ledger finalize each item
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from typing import Any
 
 from click.testing import CliRunner
-from support import TEST_KEY
+from support import TEST_KEY, run_cli
 
 from batch.cli import main
 from batch.errors import ExitCode
@@ -140,23 +138,6 @@ def test_cli_refuses_detach_without_a_remote_queue_or_a_public_url(tmp_path):
     assert "--webhook-url" in runner.invoke(main, ["run", "--help"]).output
 
 
-async def _cli(*args: str) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FAL_")}
-    env["FAL_KEY"] = TEST_KEY
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "batch.cli.commands",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_cli_detach_then_webhook_serve_until_done(hooks):
     sim = await hooks.start()
     manifest = hooks.manifest(5)
@@ -170,10 +151,10 @@ async def test_cli_detach_then_webhook_serve_until_done(hooks):
         sim.jwks_url,
     ]
     common = [str(manifest), "--queue-url", sim.url, "--output", str(out)]
-    code, stdout, stderr = await _cli("run", *common, "--detach", *hook)
+    code, stdout, stderr = await run_cli("run", *common, "--detach", *hook)
     assert code == ExitCode.OK, stdout + stderr
     assert "detached: 5 requests at fal" in stdout
-    code, stdout, stderr = await _cli(
+    code, stdout, stderr = await run_cli(
         "webhook", "serve", str(manifest), "--output", str(out), "--until-done", *hook
     )
     assert code == ExitCode.OK, stdout + stderr
