@@ -109,6 +109,12 @@ def eager_poll(service: ServiceTimes, elapsed: float) -> float:
     return _clamp(step)
 
 
+def tail_start(service: ServiceTimes) -> float:
+    """Seconds after a submit at which a request with nothing ahead of it (it starts at once)
+    may end: its service time, less twice the spread."""
+    return max(0.0, service.estimate - 2 * service.spread)
+
+
 def _clamp(seconds: float) -> float:
     return min(MAX_INTERVAL, max(MIN_INTERVAL, seconds))
 
@@ -155,12 +161,29 @@ class Waiter:
                 # could send an item again while fal still runs it.
                 completed = await self._poll(handle)
             return completed
-        if self.mode == "stream":
+        if self.mode == "stream" or self._follows_tail(handle, fresh):
+            if self.mode != "stream":
+                await asyncio.sleep(tail_start(self.service))
             try:
                 return await self._stream(handle)
             except TransientError:
                 pass  # a dropped or refused stream: polling still finds the answer
+            fresh = False
         return await self._poll(handle, fresh=fresh)
+
+    def _follows_tail(self, handle: RequestHandle, fresh: bool) -> bool:
+        """Whether a polled request follows its last stretch on fal's status stream: when
+        nothing queues ahead at fal (`eager`) its slot idles until the end is noticed, and
+        polls notice a spread-out end either late or often. There are then at most
+        `concurrency` such requests, so holding a stream each near their end is cheap: one
+        status request, and the end is seen at once."""
+        return (
+            self.mode == "poll"
+            and self.eager
+            and fresh
+            and self.service.samples > 0
+            and not handle.queue_position
+        )
 
     async def _stream(self, handle: RequestHandle) -> Completed:
         self._count()

@@ -5,6 +5,7 @@ never timed."""
 from __future__ import annotations
 
 from batch.errors import ExitCode
+from batch.sim import FaultPlan, FaultRule
 
 
 async def test_a_cold_start_costs_few_status_requests_per_item(runner):
@@ -56,3 +57,39 @@ async def test_a_strict_concurrency_run_completes_with_few_polls(runner):
     assert summary.exit_code == ExitCode.OK, summary.text()
     assert summary.counts["completed"] == n
     assert sim.counters.requests_for("status") / n <= 6
+
+
+async def test_with_no_queue_ahead_a_polled_request_follows_its_end_on_the_stream(runner):
+    """Strict concurrency in poll mode: once a service time is known, each request's last
+    stretch is followed on fal's status stream (at most `concurrency` at once), so the end is
+    noticed at once for one status request."""
+    n = 30
+    sim = await runner.start(capacity=5, latency="uniform:0.2,0.4")
+    spec = runner.spec(runner.manifest(n), concurrency=5, queue_ahead=0, wait="poll")
+    summary = await runner.run(spec)
+    assert summary.exit_code == ExitCode.OK, summary.text()
+    streams = sim.counters.requests_for("stream")
+    assert streams >= n - 10  # all but the cold start's first few
+    assert (sim.counters.requests_for("status") + streams) / n <= 2.5
+
+
+async def test_when_the_stream_is_refused_polls_still_find_every_end(runner):
+    n = 20
+    refused = FaultPlan(seed=1, rules=[FaultRule(kind="http_error", route="stream", status=503)])
+    sim = await runner.start(capacity=5, latency="uniform:0.2,0.4", faults=refused)
+    spec = runner.spec(runner.manifest(n), concurrency=5, queue_ahead=0, wait="poll")
+    summary = await runner.run(spec)
+    assert summary.exit_code == ExitCode.OK, summary.text()
+    assert summary.counts["completed"] == n
+    assert sim.counters.requests_for("stream") > 0
+    assert sim.counters.requests_for("status") > 0
+
+
+def test_polls_of_a_request_with_nothing_ahead_hand_over_before_its_likely_end():
+    from batch.pipeline.waiting import ServiceTimes, tail_start
+
+    service = ServiceTimes()
+    service.estimate, service.spread, service.samples = 2.0, 0.4, 50
+    assert tail_start(service) == 1.2
+    service.spread = 3.0
+    assert tail_start(service) == 0.0  # a wide spread: follow it from the start
