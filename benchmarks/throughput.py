@@ -199,7 +199,7 @@ def main() -> None:
         ],
         rows,
     )
-    print(f"ratio pipeline/floor: {result['ratio']:.2f} (target >= 0.70)")
+    print(f"ratio pipeline/floor: {result['ratio']:.2f} (target >= 0.85)")
     print(f"pipeline exit code: {exit_code}")
     print(
         f"peak RSS: client {result['client_peak_rss_mib']:.0f} MiB, "

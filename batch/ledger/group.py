@@ -12,9 +12,12 @@ The caller does nothing else for its item until its transition is committed, so 
 request id is committed before anything else is awaited) holds as before: a crash before the
 commit loses only what a crash between the answer and a lone commit would.
 
-Each transition runs in a SAVEPOINT of its own inside the group's transaction: one that raises
-anything (a refused transition, an OverflowError from a huge number, an IntegrityError) is
-rolled back to its savepoint and fails only its own caller; the others are committed. Only when
+A transition that raises anything (a refused transition, an OverflowError from a huge number,
+an IntegrityError) fails only its own caller; the others are committed. The transitions run one
+after another in the group's transaction; when one raises, the whole group is rolled back and
+run again with each transition in a SAVEPOINT of its own, the failing one rolled back to its
+savepoint (a savepoint per transition costs two more statements each, so they are paid for only
+when a transition fails: rarely, since transitions check before they write). Only when
 the database itself fails — the COMMIT, or an error after which SQLite rolled the whole
 transaction back (a full disk) — does every caller of the group get the error, and nothing of
 it is committed.
@@ -72,11 +75,14 @@ class GroupCommit:
             self._timer.cancel()
             self._timer = None
         queued, self._queued = self._queued, []
-        outcomes: list[Exception | None] = []
+        outcomes: list[Exception | None] = [None] * len(queued)
         try:
-            with self.ledger.group() as conn:
-                for transition, _ in queued:
-                    outcomes.append(_in_savepoint(conn, transition))
+            try:
+                with self.ledger.group():
+                    _straight(queued)
+            except _OneFailed:  # rolled back: again, with each transition in a savepoint
+                with self.ledger.group() as conn:
+                    outcomes = [_in_savepoint(conn, transition) for transition, _ in queued]
         except Exception as exc:  # the database failed: nothing of the group is committed
             for _, done in queued:
                 if not done.done():
@@ -91,6 +97,18 @@ class GroupCommit:
                 done.set_result(None)
             else:
                 done.set_exception(outcome)
+
+
+class _OneFailed(Exception):
+    """A transition of the group raised: the group is rolled back, to be run again."""
+
+
+def _straight(queued: list[tuple[Callable[[], None], asyncio.Future[None]]]) -> None:
+    for transition, _ in queued:
+        try:
+            transition()
+        except Exception as exc:
+            raise _OneFailed from exc
 
 
 def _in_savepoint(conn: sqlite3.Connection, transition: Callable[[], None]) -> Exception | None:
