@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -16,14 +17,24 @@ from batch import crashpoints
 from batch.cli.collector import fewer_collections
 from batch.cli.ledger_commands import doctor, export, report, retry, status
 from batch.cli.logs import progress_for, say_summary, setup_logging
-from batch.cli.options import fal_settings, input_options, webhook_options, webhook_settings
+from batch.cli.options import (
+    account_credentials,
+    fal_settings,
+    input_options,
+    webhook_options,
+    webhook_settings,
+)
 from batch.cli.outcomes import Commands, fail
 from batch.cli.schedule import make_schedule
+from batch.cli.shard_commands import merge, split
 from batch.cli.targets import load_spec as _load_spec
 from batch.errors import ExitCode
 from batch.job import JobError, load_job, parse_duration
+from batch.job.layout import JobRecord, is_store_url, place
+from batch.job.shards import parse_shard
 from batch.manifest import LocalFiles, scan
 from batch.outputs import run_lock, set_aside
+from batch.pipeline.mirror import run_mirrored
 from batch.pipeline.run import run_job
 
 
@@ -36,6 +47,8 @@ def main() -> None:
 
 for _command in (status, report, export, retry, doctor):  # those that read a job's ledger
     main.add_command(_command)
+for _command in (merge, split):  # a sharded job's
+    main.add_command(_command)
 
 
 @main.command()
@@ -46,7 +59,30 @@ for _command in (status, report, export, retry, doctor):  # those that read a jo
 @click.option(
     "--wait", type=click.Choice(["poll", "stream", "webhook"]), help="How to learn of results."
 )
-@click.option("--output", type=click.Path(file_okay=False), help="Output folder.")
+@click.option(
+    "--output",
+    help="Output folder; or, for a sharded job, its root: a folder or an object store URL"
+    " (s3://, gs://, az://, file://; needs the [cloud] extra).",
+)
+@click.option(
+    "--shard",
+    metavar="I/N|auto",
+    help="Run shard I of N (0-based) of the job; auto: from the environment (Kubernetes"
+    " Indexed Job, Slurm array, FIRERED_SHARD_INDEX/COUNT).",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False),
+    help="With an object store --output: the local folder the shard works in (its ledger"
+    " lives there). Default: the job's usual output folder.",
+)
+@click.option(
+    "--lease-ttl",
+    default="60s",
+    show_default=True,
+    help="With an object store --output: how long the shard's lease lasts unrenewed; a"
+    " replacement of a killed run waits at most this long for it.",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and plan only; send nothing.")
 @click.option("--max-runtime", help="Stop admitting after this long (e.g. 50m), drain, exit 4.")
 @click.option("--redo-changed", is_flag=True, help="Resubmit rows whose request changed.")
@@ -74,6 +110,9 @@ def run(
     rate: float | None,
     wait: str | None,
     output: str | None,
+    shard: str | None,
+    work_dir: str | None,
+    lease_ttl: str,
     dry_run: bool,
     max_runtime: str | None,
     redo_changed: bool,
@@ -95,28 +134,42 @@ def run(
         "concurrency": concurrency,
         "rate": rate,
         "wait": wait,
-        "output": output,
+        "output": None if shard or is_store_url(output) else output,
         "webhook": webhook,
         **input_settings,
     }
-    spec = _load_spec(target, overrides)
+    placed = place(
+        _load_spec(target, overrides),
+        output=output,
+        shard=parse_shard(shard, os.environ) if shard else None,
+        work_dir=Path(work_dir) if work_dir else None,
+        concurrency_given=concurrency is not None,
+    )
+    spec = placed.spec
     seconds = _duration("--max-runtime", max_runtime) if max_runtime else None
     if start_over:
-        if dry_run:
-            raise click.UsageError("--start-over: not with --dry-run (a dry run changes nothing)")
+        if dry_run or spec.store:
+            raise click.UsageError("--start-over: not with --dry-run or an object store")
         _start_over(spec.output)
+    args: dict[str, Any] = {
+        "progress": progress_for(log_format, job=spec.name),
+        "handle_signals": True,
+        "dry_run": dry_run,
+        "max_runtime": seconds,
+        "redo_changed": redo_changed,
+        "detach": detach,
+        "credentials": account_credentials(placed.account, needed=not spec.local),
+        "account": placed.account.name if placed.account else None,
+    }
     with fewer_collections():
-        summary = asyncio.run(
-            run_job(
-                spec,
-                progress=progress_for(log_format, job=spec.name),
-                handle_signals=True,
-                dry_run=dry_run,
-                max_runtime=seconds,
-                redo_changed=redo_changed,
-                detach=detach,
-            )
-        )
+        if spec.store and not dry_run:
+            assert placed.root is not None and placed.shard is not None
+            record = JobRecord(spec.name, placed.shard.count)
+            ttl = _duration("--lease-ttl", lease_ttl)
+            job = run_mirrored(spec, root_url=placed.root, record=record, lease_ttl=ttl, **args)
+        else:
+            job = run_job(spec, **args)
+        summary = asyncio.run(job)
     say_summary(summary, log_format)
     sys.exit(summary.exit_code)
 

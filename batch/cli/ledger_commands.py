@@ -12,12 +12,14 @@ from typing import Any
 
 import click
 
+from batch.cli.shard_commands import root_status
 from batch.cli.targets import open_target, resolve_target
 from batch.errors import ExitCode
 from batch.ledger.doctor import diagnose
 from batch.ledger.prices import cached_price
 from batch.ledger.salvage import salvage
 from batch.outputs import run_lock
+from batch.pipeline.shards import is_job_root
 from batch.report import job_status, report_for, write_report
 
 TARGET = click.Path(exists=True)  # a job file, a manifest, or an output folder
@@ -31,16 +33,21 @@ def _json_out(data: Any) -> None:
 
 
 @click.command()
-@click.argument("target", type=TARGET)
+@click.argument("target")
 @OUTPUT
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def status(target: str, output: str | None, as_json: bool) -> None:
     """Show a job's items by state, failures by kind, and its latest run (throughput, ETA
     while it is live) — from the ledger only, no network. TARGET: a job file, a manifest or
-    an output folder.
+    an output folder; or a sharded job's root (a folder or an object store URL): every shard.
 
     Example: firered-batch status jobs/demo.yaml --json
     """
+    if is_job_root(target):
+        root_status(target, as_json)
+        return
+    if not Path(target).exists():
+        raise click.BadParameter(f"'{target}' does not exist", param_hint="'TARGET'")
     job, ledger = open_target(target, output)
     with ledger:
         price = job.price or (cached_price(ledger, job.endpoint) if job.endpoint else None)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
+
+from batch.fal import Credentials
+from batch.job.settings import AccountSpec
 
 
 def fal_settings(options: dict[str, Any]) -> dict[str, Any] | None:
@@ -78,3 +82,17 @@ def webhook_settings(options: dict[str, Any]) -> dict[str, Any] | None:
     names = {"webhook_url": "public_url", "webhook_listen": "listen", "jwks_url": "jwks_url"}
     values = {field: options.pop(name, None) for name, field in names.items()}
     return {k: v for k, v in values.items() if v is not None} or None
+
+
+def account_credentials(account: AccountSpec | None, *, needed: bool) -> Credentials | None:
+    """The key of a job's account (`accounts:`), from the environment variable it names; None
+    for the default (FAL_KEY). Missing: a usage error (exit 2) naming the variable."""
+    if account is None or not needed:
+        return None
+    key = os.environ.get(account.key_env, "").strip()
+    if not key:
+        raise click.UsageError(
+            f"account {account.name!r}: ${account.key_env} is not set (it holds the account's"
+            " fal key)"
+        )
+    return Credentials(key)

@@ -193,3 +193,15 @@ class FalSpec(SettingsModel):
             lifecycle = {"expiration_duration_seconds": int(self.media_expiration)}
             headers["X-Fal-Object-Lifecycle-Preference"] = json.dumps(lifecycle)
         return headers
+
+
+class AccountSpec(SettingsModel):
+    """One fal account (team) of a job run on several (`accounts:`): its name (recorded in each
+    shard's ledger; never the key), the environment variable holding its key, and its limit.
+    A sharded job spreads its shards over the accounts by their limits (`batch.job.layout`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    key_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    concurrency: int = Field(ge=1, le=10_000)

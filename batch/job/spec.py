@@ -28,6 +28,7 @@ fal: {runner_hint: lora-a, no_retry: false, store_io: true, media_expiration: 7d
       max_queue_length: 100, ca_bundle: /etc/ssl/corp.pem, history_wait: 10m}
 price: {per_megapixel: 0.03}         # USD, or {per_image: …}; default: fal's pricing API
 budget: {max_usd: 25}                # stop admitting before spend would pass it (needs price)
+accounts: [{name: team-a, key_env: FAL_KEY_A, concurrency: 40}]   # sharded runs over accounts
 ```
 
 Paths. A `JobSpec` holds absolute, resolved paths, made so in one place,
@@ -73,6 +74,7 @@ from batch.fal import DEFAULT_QUEUE_URL
 from batch.job.paths import absolute, drop_value, output_problem
 from batch.job.settings import (
     _URL_RE,
+    AccountSpec,
     FalSpec,
     JobError,
     RetrySpec,
@@ -151,6 +153,9 @@ class JobSpec(SettingsModel):
     fal: FalSpec = FalSpec()
     price: PriceSpec | None = None
     budget: BudgetSpec | None = None
+    accounts: list[AccountSpec] = Field(default_factory=list, max_length=100)
+    shard: str | None = Field(default=None, pattern=r"^[0-9]{1,6}/[0-9]{1,6}$")  # `run --shard`
+    store: str | None = None  # the shard's folder in object storage; `output` is then local
     _job_dir: Path | None = PrivateAttr(default=None)  # the job file's folder, if any
 
     def __eq__(self, other: object) -> bool:

@@ -113,6 +113,15 @@ class LedgerReads:
                 result[ItemState(state)] = n
         return {str(state): n for state, n in result.items()}
 
+    def in_flight_count(self) -> int:
+        """Items fal may hold: submitted, or with a submit on its way."""
+        with self._lock:
+            (n,) = self._conn.execute(
+                "SELECT count(*) FROM items WHERE state = 'submitted'"
+                " OR (state = 'pending' AND submit_started_at IS NOT NULL)"
+            ).fetchone()
+        return int(n)
+
     def failures(self, limit: int = 10) -> list[FailureGroup]:
         """Failed items grouped by error kind, largest group first, with one example each."""
         sql = (
@@ -123,6 +132,12 @@ class LedgerReads:
         with self._lock:
             rows = self._conn.execute(sql, (limit,)).fetchall()
         return [FailureGroup(kind, n, key, message or "") for kind, n, key, message in rows]
+
+    def output_paths(self) -> list[tuple[str, str]]:
+        """(item key, path relative to the output folder) of every output image."""
+        with self._lock:
+            rows = self._conn.execute("SELECT item_key, path FROM outputs").fetchall()
+        return [(str(key), str(path)) for key, path in rows]
 
     def outputs(self, key: str) -> list[OutputRecord]:
         sql = (

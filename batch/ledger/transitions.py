@@ -233,6 +233,38 @@ class LedgerTransitions:
                 (self._clock() if sending else None, sent),
             )
 
+    def mark_announced(self, announced: Mapping[str, tuple[float, Any]]) -> int:
+        """Items that a lost copy of this ledger may have sent (object storage's journal named
+        them before their submits, `announced`: key → (when, the payload sent if uploads
+        changed it)): a pending one with no request id is taken as a submit on its way since
+        then, so the run looks for it in fal's history before sending it again. How many."""
+        marked = 0
+        with self._tx() as conn:
+            for key, (at, payload) in announced.items():
+                sent = None if payload is None else canonical_json(payload)
+                marked += conn.execute(
+                    "UPDATE items SET submit_started_at = ?, sent_payload = ? WHERE key = ?"
+                    " AND state = 'pending' AND request_id IS NULL AND submit_started_at IS NULL",
+                    (at, sent, key),
+                ).rowcount
+        return marked
+
+    def reattach_completed(self, keys: Iterable[str]) -> int:
+        """Completed items whose images were lost (a shard restored on a new disk, its images
+        never uploaded): back to `submitted`, their outputs forgotten, so the run fetches the
+        paid-for result again instead of submitting again. How many."""
+        total = 0
+        for part in chunked(list(keys), LOOKUP):
+            marks = ", ".join("?" * len(part))
+            with self._tx() as conn:
+                conn.execute(f"DELETE FROM outputs WHERE item_key IN ({marks})", part)
+                total += conn.execute(
+                    f"UPDATE items SET state = 'submitted', completed_at = NULL, updated_at = ?"
+                    f" WHERE state = 'completed' AND request_id IS NOT NULL AND key IN ({marks})",
+                    [self._clock(), *part],
+                ).rowcount
+        return total
+
     def mark_ambiguous(self, key: str) -> None:
         """Flag that a submit of this item may have been queued without us knowing."""
         with self._tx() as conn:

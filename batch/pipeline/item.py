@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,8 @@ from batch.pipeline.recovery import Recovery, Sent, Undecided
 from batch.pipeline.uploads import InputFileError, Uploader
 from batch.pipeline.waiting import Waiter
 
+Announce = Callable[[str, Mapping[str, Any] | None], Awaitable[None]]
+
 CANCEL_FOLLOW_S = 120.0  # how long a cancelled request is followed before the next turn
 WAIT_FAILURE_TURNS = 8  # turns whose wait failed transiently before an item is left for later
 log = logging.getLogger("batch.run")
@@ -79,6 +81,7 @@ class ItemContext(Finisher):
     detach: bool = False  # run --detach: submit only; a webhook receiver collects the results
     budget: Budget | None = None  # budget.max_usd: may this item still be paid for?
     recovery: Recovery | None = None  # lost submit answers, looked for in fal's history
+    announce: Announce | None = None  # object storage: (key, payload if uploads changed it)
 
     def progress_tick(self) -> None:
         self.on_change()
@@ -156,6 +159,8 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> tuple[RequestHandle, bool]:
         changed = None if payload is row.payload or payload == row.payload else payload
         await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, payload=changed))
         crashpoints.crashpoint("intent")
+        if ctx.announce is not None:
+            await _announce(ctx, row, changed)
         if _turned_back(ctx, row):  # a stop came while the intent was committed
             await ctx.writes.write(lambda: ctx.ledger.mark_submitting(row.key, sending=False))
             raise Later(time.monotonic())
@@ -195,6 +200,16 @@ async def _submit(ctx: ItemContext, row: ItemRow) -> tuple[RequestHandle, bool]:
     )
     ctx.admission.on_accepted()
     return handle, True
+
+
+async def _announce(ctx: ItemContext, row: ItemRow, changed: Mapping[str, Any] | None) -> None:
+    """The shard's journal names the submit before it leaves (`batch.pipeline.mirror`); one
+    that cannot be written holds the submit back (another attempt later)."""
+    assert ctx.announce is not None
+    try:
+        await ctx.announce(row.key, changed)
+    except TransientError as exc:
+        await retry(ctx, row, exc)
 
 
 def _sent_text(row: ItemRow) -> str:

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 from batch.errors import InvalidInputError
-from batch.job import JobSpec
+from batch.job import JobError, JobSpec
+from batch.job.shards import KEY_FUNCTION, parse_shard
 from batch.ledger import Ledger, PlanResult
-from batch.manifest import ManifestCheck
+from batch.manifest import EditItem, ManifestCheck
 from batch.manifest.localfiles import LocalFiles
 
 FINGERPRINT = "plan_fingerprint"
@@ -49,6 +51,8 @@ class Planned:
 def manifest_fingerprint(spec: JobSpec) -> str:
     digest = hashlib.sha256()
     header = {"version": _version(), "endpoint": spec.endpoint, "defaults": spec.defaults}
+    if spec.shard is not None:  # another shard, or another division, plans other items
+        header["shard"] = [spec.shard, KEY_FUNCTION]
     digest.update(json.dumps(header, sort_keys=True, ensure_ascii=False).encode())
     with open(spec.manifest, "rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -75,7 +79,11 @@ def plan_run(spec: JobSpec, ledger: Ledger, *, redo_changed: bool = False) -> Pl
     check = ManifestCheck(
         spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults, files=files
     )
-    plan = ledger.plan(check.items(), redo_changed=redo_changed)  # ManifestError: rolled back
+    items: Iterable[EditItem] = check.items()
+    if spec.shard is not None:  # every row is still checked; this shard plans its own items
+        owns = parse_shard(spec.shard, {}).owns
+        items = (item for item in items if owns(item.key))
+    plan = ledger.plan(items, redo_changed=redo_changed)  # ManifestError: rolled back
     scanned = check.summary
     ledger.uploads.record_files(files.files())  # where the pipeline finds each file's bytes
     if plan.changed and not redo_changed:
@@ -109,3 +117,21 @@ def _version() -> str:
         return version("firered-batch")
     except PackageNotFoundError:
         return "unknown"
+
+
+ACCOUNT = "account"
+
+
+def use_account(ledger: Ledger, name: str) -> None:
+    """Record the fal account (its name, never its key) this ledger's requests are sent with.
+    A request can be asked about, fetched or cancelled only with the account that sent it, so
+    while any is in flight the ledger stays with its account (`JobError`, exit 2, otherwise)."""
+    before = ledger.get_meta(ACCOUNT)
+    if before is not None and before != name and ledger.in_flight_count():
+        raise JobError(
+            [
+                f"accounts: this shard has requests in flight on account {before!r}, and the"
+                f" job now gives it {name!r}: run it with {before!r} until they are done"
+            ]
+        )
+    ledger.set_meta(ACCOUNT, name)

@@ -36,8 +36,8 @@ from batch.pipeline.budget import cost_lines, make_budget
 from batch.pipeline.dispatch import Dispatcher, StopSignal
 from batch.pipeline.events import NullProgress, Progress, RunStats
 from batch.pipeline.finish import download_limit
-from batch.pipeline.item import ItemContext
-from batch.pipeline.planning import plan_run
+from batch.pipeline.item import Announce, ItemContext
+from batch.pipeline.planning import plan_run, use_account
 from batch.pipeline.policy import RetryPolicy
 from batch.pipeline.prices import known_price, resolve_price
 from batch.pipeline.recovery import make_recovery
@@ -67,6 +67,8 @@ async def run_job(
     max_runtime: float | None = None,
     redo_changed: bool = False,
     detach: bool = False,
+    announce: Announce | None = None,
+    account: str | None = None,
 ) -> RunSummary:
     """Run (or resume) a job to the end.
 
@@ -95,6 +97,8 @@ async def run_job(
             log.info("removed %d temporary files left by an interrupted run", removed)
         plan = plan_run(spec, ledger, redo_changed=redo_changed)
         summary.plan, summary.warnings = plan.counts, plan.warnings
+        if account is not None:  # `accounts:` (a sharded job over several fal accounts)
+            use_account(ledger, account)
         if spec.local:
             _forget_local_requests(ledger)
         log_start(spec, plan.to_do, sum(ledger.counts().values()))
@@ -108,9 +112,9 @@ async def run_job(
                 _deadline(stop, max_runtime),
                 ledger.background_checkpoints(),  # WAL checkpoints off the event loop
             ):
-                # A finished job makes no connection at all.
-                if plan.to_do or ledger.counts()["submitted"]:
-                    await _execute(spec, ledger, stats, halt, progress, policy, credentials, detach)
+                if plan.to_do or ledger.counts()["submitted"]:  # else: no connection at all
+                    args = (stats, halt, progress, policy, credentials, detach, announce)
+                    await _execute(spec, ledger, *args)
             summary.exit_code = _exit_code(ledger.counts(), stop, _work_left(ledger))
             summary.message = _message(stop)
             summary.exit_code, summary.message = halt.outcome(
@@ -204,6 +208,7 @@ async def _execute(
     policy: RetryPolicy | None,
     credentials: Credentials | None,
     detach: bool = False,
+    announce: Announce | None = None,
 ) -> None:
     """Dispatch the run's items. A locked account or a full disk stops admitting (`halt`) and
     drains; an AuthError or TlsError ends the run at once."""
@@ -259,6 +264,7 @@ async def _execute(
             recovery=make_recovery(
                 spec, client, ledger, waiter.service, platform_url, stop.draining.is_set
             ),
+            announce=announce,
         )
         dispatcher = Dispatcher(ctx, stop)
         try:

@@ -13,10 +13,11 @@ from batch.remote.errors import (
     StoreError,
 )
 from batch.remote.lease import Lease, LeaseInfo, default_owner
-from batch.remote.snapshot import Journal, restore_sqlite, snapshot_sqlite
+from batch.remote.snapshot import Announced, Journal, restore_sqlite, snapshot_sqlite
 from batch.remote.store import Head, Store, open_store
 
 __all__ = [
+    "Announced",
     "Head",
     "Journal",
     "Lease",

@@ -19,8 +19,9 @@ import re
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from batch.remote.errors import MissingObjectError, StoreError
 from batch.remote.store import Store
@@ -92,6 +93,14 @@ async def restore_sqlite(store: Store, key: str, db_path: str | os.PathLike[str]
     return True
 
 
+class Announced(NamedTuple):
+    """A journal's last word on a key: when it was announced, and the payload it carried
+    (None: the item's own request)."""
+
+    at: float
+    payload: Any
+
+
 class Journal:
     """Create-only segments under `prefix` listing keys about to be submitted."""
 
@@ -120,10 +129,19 @@ class Journal:
         name = segments[-1].removeprefix(self.prefix) if segments else "0.jsonl"
         return int(name.partition(".")[0])
 
-    async def announce(self, keys: Iterable[str]) -> str | None:
-        """Write the next segment, one line per key; its store key (None if `keys` is empty)."""
-        at = self._now()
-        body = "".join(json.dumps({"key": k, "at": at}) + "\n" for k in keys).encode()
+    async def announce(
+        self, keys: Iterable[str], payloads: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """Write the next segment, one line per key (with its payload from `payloads`, if
+        any); its store key (None if `keys` is empty)."""
+        at, payloads = self._now(), payloads or {}
+        lines = []
+        for key in keys:
+            entry: dict[str, Any] = {"key": key, "at": at}
+            if payloads.get(key) is not None:
+                entry["payload"] = payloads[key]
+            lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
+        body = "".join(lines).encode()
         if not body:
             return None
         if self._next is None:
@@ -139,10 +157,14 @@ class Journal:
 
     async def announced(self) -> set[str]:
         """Every key any segment lists."""
-        return set(await self.announced_at())
+        return set(await self.entries())
 
     async def announced_at(self) -> dict[str, float]:
-        """Every key any segment lists, with when it was first announced."""
+        """Every key any segment lists, with when it was last announced."""
+        return {key: entry.at for key, entry in (await self.entries()).items()}
+
+    async def entries(self) -> dict[str, Announced]:
+        """Every key any segment lists: when it was last announced, and with what payload."""
         limit = asyncio.Semaphore(_READ_CONCURRENCY)
 
         async def read(key: str) -> bytes:
@@ -150,13 +172,14 @@ class Journal:
                 return await self.store.get(key)
 
         segments = await self.segments()
-        keys: dict[str, float] = {}
+        keys: dict[str, Announced] = {}
         for key, data in zip(segments, await asyncio.gather(*map(read, segments)), strict=True):
             try:
                 for line in data.splitlines():
                     if line:
                         entry = json.loads(line)
-                        keys.setdefault(str(entry["key"]), float(entry["at"]))
+                        at = float(entry["at"])
+                        keys[str(entry["key"])] = Announced(at, entry.get("payload"))
             except (ValueError, KeyError, TypeError):
                 raise StoreError(f"journal {self.store.url(key)}: unreadable segment") from None
         return keys
