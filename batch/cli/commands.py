@@ -26,7 +26,7 @@ from batch.cli.options import (
 )
 from batch.cli.outcomes import Commands, fail
 from batch.cli.schedule import make_schedule
-from batch.cli.shard_commands import merge, split
+from batch.cli.shard_commands import merge, reshard, split
 from batch.cli.targets import load_spec as _load_spec
 from batch.errors import ExitCode
 from batch.job import JobError, load_job, parse_duration
@@ -47,7 +47,7 @@ def main() -> None:
 
 for _command in (status, report, export, retry, doctor):  # those that read a job's ledger
     main.add_command(_command)
-for _command in (merge, split):  # a sharded job's
+for _command in (merge, split, reshard):  # a sharded job's
     main.add_command(_command)
 
 

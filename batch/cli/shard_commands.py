@@ -13,6 +13,7 @@ import click
 from batch.cli.targets import load_spec
 from batch.job.shards import Shard, shard_path, split_rows
 from batch.manifest import LocalFiles
+from batch.pipeline.reshard import reshard as do_reshard
 from batch.pipeline.shards import merge_job, root_state
 
 
@@ -72,6 +73,23 @@ def split(target: str, count: int, out_dir: str | None) -> None:
     )
     for index, n in enumerate(rows):
         click.echo(f"{shard_path(spec.manifest, Shard(index, count), folder)}: {n} rows")
+
+
+@click.command()
+@click.argument("root", type=click.Path(exists=True, file_okay=False))
+@click.option("--shards", "count", type=click.IntRange(1, 100_000), required=True, help="M.")
+def reshard(root: str, count: int) -> None:
+    """Divide a sharded job (a local job root) into M shards instead of its N. Only when no
+    shard runs and none has requests in flight: items, their outputs and images move to the
+    shard their key hashes to; the old shard folders are set aside, never deleted.
+
+    Example: firered-batch reshard outputs/catalog --shards 8
+    """
+    done = do_reshard(Path(root), count)
+    click.echo(
+        f"{done.items} items: {done.before} shards → {done.after}; the old shard folders are"
+        f" in {done.set_aside}"
+    )
 
 
 def root_status(root: str, as_json: bool) -> None:

@@ -74,7 +74,7 @@ class JobRecord:
             raise ShardError(
                 f"{where}: this job is divided into {other.shards} shards, not {self.shards};"
                 f" run its shards as I/{other.shards}, or change the division with"
-                f" `firered-batch reshard` first"
+                f" `firered-batch reshard ROOT --shards N` first"
             )
 
 

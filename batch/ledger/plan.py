@@ -32,7 +32,6 @@ import operator
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -245,21 +244,6 @@ def _insert_rows(
     return inserted
 
 
-def _write_behind(process: Callable[[list[Row]], None], chunks: Iterator[list[Row]]) -> None:
-    """`process` each chunk in a second thread while the next one is read: SQLite lets go of
-    the GIL while it works, so reading and validating the manifest (Python) and writing the
-    ledger (SQLite) overlap. At most one chunk is written while one is read; an error from
-    either ends the plan once the chunk being written is done."""
-    with ThreadPoolExecutor(1, thread_name_prefix="plan") as writer:
-        writing: Future[None] | None = None
-        for rows in chunks:
-            if writing is not None:
-                writing.result()
-            writing = writer.submit(process, rows)
-        if writing is not None:
-            writing.result()
-
-
 def _ascending(keys: list[str]) -> bool:
     """Whether each key is greater than the one before (SQLite's BINARY order of UTF-8 text is
     the order of code points, as Python's)."""
@@ -320,7 +304,8 @@ def plan_items(
                 conn.execute(_STAGE_TABLE)
             else:
                 conn.execute("CREATE TEMP TABLE plan_seen (key TEXT PRIMARY KEY)")
-            _write_behind(planner.process, planner.chunks(items, chunk_size))
+            for rows in planner.chunks(items, chunk_size):
+                planner.process(rows)
             missing = planner.finish()
             conn.execute("COMMIT")
         except BaseException:

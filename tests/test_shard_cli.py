@@ -1,0 +1,115 @@
+"""Sharded runs on a local job root, through the CLI: two shards, `status` and `merge` of the
+root, another division refused; the account a ledger's requests belong to."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import pytest
+from support import item_rows, run_cli, write_csv
+
+from batch.job import JobError
+from batch.job.shards import shard_of
+from batch.ledger import Ledger
+from batch.pipeline.planning import use_account
+
+N = 10
+
+
+@pytest.fixture
+def job(tmp_path):
+    write_csv(tmp_path / "m.csv", item_rows(N))
+    (tmp_path / "job.yaml").write_text(
+        "manifest: m.csv\nqueue: local\nsim: {capacity: 4, latency: 'fixed:0'}\n"
+    )
+    return tmp_path
+
+
+async def test_two_shards_run_apart_and_merge_into_one_ledger(job):
+    root = job / "root"
+    for index in (0, 1):
+        code, out, err = await run_cli(
+            "run", str(job / "job.yaml"), "--shard", f"{index}/2", "--output", str(root),
+            cwd=job,
+        )  # fmt: skip
+        assert code == 0, err
+    code, out, err = await run_cli("status", str(root), "--json")
+    assert code == 0, err
+    state = json.loads(out)
+    assert state["shards"] == 2 and state["totals"]["completed"] == N
+    assert sorted(state["by_shard"]) == ["00000-of-00002", "00001-of-00002"]
+    assert 0 < state["by_shard"]["00000-of-00002"]["completed"] < N  # each has its own
+
+    code, out, err = await run_cli("merge", str(root), "--json")
+    assert code == 0, err
+    merged = json.loads(out)
+    assert (merged["items"], merged["outputs"], merged["missing_shards"]) == (N, N, [])
+    with sqlite3.connect(root / "merged" / "ledger.sqlite") as conn:
+        paths = [p for (p,) in conn.execute("SELECT path FROM outputs")]
+    assert all((root / "merged" / p).is_file() for p in paths)  # ../shards/…/images/…
+    assert (root / "merged" / "report.html").is_file()
+
+    code, out, err = await run_cli(
+        "run", str(job / "job.yaml"), "--shard", "1/3", "--output", str(root), cwd=job
+    )
+    assert code == 2 and "divided into 2 shards, not 3" in err
+
+
+async def test_reshard_moves_items_and_images_to_their_new_shards(job):
+    root = job / "root"
+    for index in (0, 1):
+        code, _, err = await run_cli(
+            "run", str(job / "job.yaml"), "--shard", f"{index}/2", "--output", str(root),
+            cwd=job,
+        )  # fmt: skip
+        assert code == 0, err
+    code, out, err = await run_cli("reshard", str(root), "--shards", "3")
+    assert code == 0, err
+    assert "2 shards → 3" in out
+    code, out, err = await run_cli("status", str(root), "--json")
+    state = json.loads(out)
+    assert state["shards"] == 3 and state["totals"]["completed"] == N
+    for label in state["by_shard"]:
+        with sqlite3.connect(root / "shards" / label / "ledger.sqlite") as conn:
+            keys = [k for (k,) in conn.execute("SELECT key FROM items")]
+            paths = [p for (p,) in conn.execute("SELECT path FROM outputs")]
+        assert all(shard_of(k, 3) == int(label[:5]) for k in keys)
+        assert all((root / "shards" / label / p).is_file() for p in paths)
+    # the new division runs (nothing to do) and the old one is refused
+    code, out, err = await run_cli(
+        "run", str(job / "job.yaml"), "--shard", "2/3", "--output", str(root), cwd=job
+    )
+    assert code == 0, err
+    code, out, err = await run_cli(
+        "run", str(job / "job.yaml"), "--shard", "0/2", "--output", str(root), cwd=job
+    )
+    assert code == 2
+
+
+async def test_a_key_in_two_shards_is_refused_and_nothing_is_merged(job):
+    root = job / "root"
+    code, _, err = await run_cli(
+        "run", str(job / "job.yaml"), "--shard", "0/2", "--output", str(root), cwd=job
+    )
+    assert code == 0, err
+    shutil.copytree(root / "shards" / "00000-of-00002", root / "shards" / "00001-of-00002")
+    code, _out, err = await run_cli("merge", str(root))
+    assert code == 2 and "nothing was merged" in err
+    assert not (root / "merged" / "ledger.sqlite").exists()
+
+
+def test_a_ledger_keeps_its_account_while_its_requests_are_in_flight(tmp_path):
+    with Ledger.open(tmp_path) as ledger:
+        use_account(ledger, "team-a")
+        use_account(ledger, "team-b")  # nothing in flight: the ledger moves
+        assert ledger.get_meta("account") == "team-b"
+        ledger._conn.execute(
+            "INSERT INTO items (key, source, endpoint, request, request_hash, state, attempts,"
+            " created_at, updated_at, request_id) VALUES ('k', 'm:2', 'e', '{}', 'h',"
+            " 'submitted', 1, 0, 0, 'req-1')"
+        )
+        with pytest.raises(JobError, match="in flight on account 'team-b'"):
+            use_account(ledger, "team-a")
+        assert ledger.get_meta("account") == "team-b"
