@@ -56,6 +56,9 @@ _TEXT_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 # maybe [/?#] and more" is "one character that is not [/?#], then more". Control characters
 # are left to str.isprintable (false for them and for every space but " ", which \S excludes;
 # also for a few characters _classify takes, such entries merely take the long way).
+# Object storage (the [cloud] extra): sent to fal as presigned https URLs (pipeline.uploads).
+STORE_SCHEMES = ("s3", "gs", "az")
+_STORE_URI_RE = re.compile(r"(s3|gs|az)://[a-z0-9][a-z0-9._-]{1,254}/[^\s]+", re.IGNORECASE)
 _PLAIN_URL_RE = re.compile(r"[hH][tT][tT][pP][sS]?://[^\s/?#]\S*")
 _SIZE_RE = re.compile(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*")
 _PRESETS = tuple(p.value for p in ImageSizePreset)
@@ -132,6 +135,10 @@ def _classify(ref: str) -> tuple[str, str]:
         return text, "data"
     if scheme == "local":
         return text, "local"
+    if scheme in STORE_SCHEMES:
+        if not _STORE_URI_RE.fullmatch(text) or len(text) > MAX_URL_CHARS:
+            raise ImageRefError(f"not a valid {scheme}://bucket/key URI")
+        return text, "url"  # kept as written (the item's key); presigned when it is sent
     if len(scheme) > 1:  # http: without a host, ftp:, s3:, file: …; "C:" is a Windows drive
         raise ImageRefError("not a valid URL or file path")
     return text, "path"

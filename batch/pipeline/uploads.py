@@ -41,6 +41,7 @@ from batch.ledger import Ledger
 from batch.ledger.uploads import UploadCache
 from batch.manifest.localfiles import LocalFile, local_sha
 from batch.pipeline.policy import RetryPolicy, retrying
+from batch.remote import Store, StoreError, open_store
 
 log = logging.getLogger("batch.uploads")
 
@@ -52,6 +53,9 @@ class InputFileError(BatchError):
     """A local input that cannot be sent: unknown, removed, unreadable or changed."""
 
 
+PRESIGN_S = 24 * 3600.0
+
+
 @dataclass
 class UploadStats:
     uploaded: int = 0  # files uploaded
@@ -60,13 +64,14 @@ class UploadStats:
     shared: int = 0  # references that waited for another item's upload
     inlined: int = 0  # references sent as data URIs
     retried: int = 0  # upload attempts that failed and were tried again
+    presigned: int = 0  # object store URIs sent as presigned URLs
 
     def text(self) -> str:
         """``4 files uploaded (1.2 MiB), 8 from the cache, 2 shared, 0 inline, 1 retried``."""
         return (
             f"{self.uploaded} files uploaded ({self.bytes / 2**20:.1f} MiB), {self.cached} from"
             f" the cache, {self.shared} shared, {self.inlined} inline, {self.retried} retried"
-        )
+        ) + (f", {self.presigned} presigned" if self.presigned else "")
 
 
 class Uploader:
@@ -92,18 +97,35 @@ class Uploader:
         self._max_age = max_age
         self._clock = clock
         self._in_flight: dict[str, asyncio.Task[str]] = {}
+        self._stores: dict[str, Store] = {}  # by bucket, for presigning
 
     async def prepare(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """The payload to send: every local reference in ``image_urls`` replaced."""
+        """The payload to send: every local reference in ``image_urls`` replaced by a URL, and
+        every object store URI (s3://, gs://, az://) by a presigned https URL."""
         urls = payload.get("image_urls")
-        if not isinstance(urls, list) or not any(_sha(u) for u in urls):
+        if not isinstance(urls, list) or not any(_sha(u) or _in_store(u) for u in urls):
             return dict(payload)
         sent = await asyncio.gather(*(self._resolve(u) for u in urls))
         return {**payload, "image_urls": list(sent)}
 
     async def _resolve(self, ref: Any) -> Any:
+        if _in_store(ref):
+            return await self._presign(ref)
         sha = _sha(ref)
         return ref if sha is None else await self.url_for(sha)
+
+    async def _presign(self, uri: str) -> str:
+        """A presigned GET URL for an object (`PRESIGN_S` long: fal fetches it when the
+        request starts, which may be after a wait in its queue)."""
+        bucket, _, key = uri.partition("://")[2].partition("/")
+        root = f"{uri.partition('://')[0].lower()}://{bucket}"
+        try:
+            store = self._stores.get(root) or self._stores.setdefault(root, open_store(root))
+            url = await store.sign(key, PRESIGN_S)
+        except StoreError as exc:
+            raise InputFileError(f"{uri}: {exc}") from None
+        self.stats.presigned += 1
+        return url
 
     async def url_for(self, sha256: str) -> str:
         """A URL (or data URI) for the content with this sha256."""
@@ -153,8 +175,12 @@ class Uploader:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self.stats.uploaded or self.stats.cached or self.stats.inlined:
+        if self.stats.uploaded or self.stats.cached or self.stats.inlined or self.stats.presigned:
             log.info("local inputs: %s", self.stats.text())
+
+
+def _in_store(ref: Any) -> bool:
+    return isinstance(ref, str) and ref[:5].lower().startswith(("s3://", "gs://", "az://"))
 
 
 def _sha(ref: Any) -> str | None:

@@ -117,6 +117,14 @@ async def test_four_shards_on_s3_a_killed_one_rerun_on_a_new_disk_then_merged(mo
         assert merged["items"] == N_ITEMS and merged["shards"] == SHARDS
         assert merged["missing_shards"] == []
 
+        status = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "batch", "status", root, "--json",
+            env=_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(status.communicate(), timeout=RUN_TIMEOUT)
+        state = json.loads(out)
+        assert state["totals"]["completed"] == N_ITEMS and len(state["by_shard"]) == SHARDS
+
         ledger = tmp_path / "merged.sqlite"
         await store.get_file("merged/ledger.sqlite", ledger)
         with sqlite3.connect(ledger) as conn:
