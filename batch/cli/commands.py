@@ -25,6 +25,7 @@ from batch.cli.options import (
     webhook_settings,
 )
 from batch.cli.outcomes import Commands, fail
+from batch.cli.review_command import review
 from batch.cli.schedule import make_schedule
 from batch.cli.shard_commands import merge, reshard, split
 from batch.cli.targets import load_spec as _load_spec
@@ -49,6 +50,7 @@ for _command in (status, report, export, retry, doctor):  # those that read a jo
     main.add_command(_command)
 for _command in (merge, split, reshard):  # a sharded job's
     main.add_command(_command)
+main.add_command(review)
 
 
 @main.command()
@@ -76,6 +78,21 @@ for _command in (merge, split, reshard):  # a sharded job's
     help="With an object store --output: the local folder the shard works in (its ledger"
     " lives there). Default: the job's usual output folder.",
 )
+@click.option(
+    "--endpoint",
+    "endpoints",
+    multiple=True,
+    metavar="ID",
+    help="fal endpoint; repeat it to compare models: every item runs on each (the key"
+    " includes the endpoint).",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    help="A pilot: run only N items, a random sample stable across reruns (the full run"
+    " later skips what the pilot finished).",
+)
+@click.option("--sample-seed", type=int, default=0, show_default=True, help="The sample's seed.")
 @click.option(
     "--lease-ttl",
     default="60s",
@@ -112,6 +129,9 @@ def run(
     output: str | None,
     shard: str | None,
     work_dir: str | None,
+    endpoints: tuple[str, ...],
+    sample: int | None,
+    sample_seed: int,
     lease_ttl: str,
     dry_run: bool,
     max_runtime: str | None,
@@ -136,6 +156,8 @@ def run(
         "wait": wait,
         "output": None if shard or is_store_url(output) else output,
         "webhook": webhook,
+        "endpoint": endpoints[0] if len(endpoints) == 1 else None,
+        "endpoints": list(endpoints) if len(endpoints) > 1 else None,
         **input_settings,
     }
     placed = place(
@@ -160,6 +182,7 @@ def run(
         "detach": detach,
         "credentials": account_credentials(placed.account, needed=not spec.local),
         "account": placed.account.name if placed.account else None,
+        "sample": None if sample is None else (sample, sample_seed),
     }
     with fewer_collections():
         if spec.store and not dry_run:

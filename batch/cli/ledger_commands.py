@@ -15,12 +15,17 @@ import click
 from batch.cli.shard_commands import root_status
 from batch.cli.targets import open_target, resolve_target
 from batch.errors import ExitCode
+from batch.ledger.dataset import export_ledger_dataset
 from batch.ledger.doctor import diagnose
 from batch.ledger.prices import cached_price
+from batch.ledger.redo import Change, redo_rejected
 from batch.ledger.salvage import salvage
+from batch.manifest import check_fields
 from batch.outputs import run_lock
+from batch.outputs.dataset import FORMATS as DATASET_FORMATS
 from batch.pipeline.shards import is_job_root
 from batch.report import job_status, report_for, write_report
+from batch.report.status import pilot_lines, review_lines
 
 TARGET = click.Path(exists=True)  # a job file, a manifest, or an output folder
 OUTPUT = click.option(
@@ -52,10 +57,12 @@ def status(target: str, output: str | None, as_json: bool) -> None:
     with ledger:
         price = job.price or (cached_price(ledger, job.endpoint) if job.endpoint else None)
         result = job_status(ledger, name=job.name, price=price, endpoint=job.endpoint)
+        reviewed, pilot = ledger.reviews.review_counts().as_dict(), ledger.pilot_counts()
+        extra = review_lines(ledger) + pilot_lines(ledger)
     if as_json:
-        _json_out(result.as_dict())
+        _json_out({**result.as_dict(), "reviews": reviewed, "pilot": pilot})
     else:
-        click.echo(result.text())
+        click.echo("\n".join([result.text(), *extra]))
 
 
 @click.command()
@@ -80,15 +87,50 @@ def report(target: str, output: str | None) -> None:
 @click.command()
 @click.argument("target", type=TARGET)
 @OUTPUT
-def export(target: str, output: str | None) -> None:
-    """Write results.csv and results.jsonl from the ledger again.
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(DATASET_FORMATS),
+    help="A dataset of (input images, instruction, output image, seed, endpoint): folder"
+    " (Hugging Face imagefolder + metadata.jsonl), jsonl, parquet (needs the [datasets] extra)"
+    " or webdataset (tar shards).",
+)
+@click.option("--accepted", is_flag=True, help="Only the outputs approved in `review`.")
+@click.option("--dest", type=click.Path(file_okay=False), help="Default: <output>/dataset-FORMAT.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export at --dest.")
+def export(
+    target: str,
+    output: str | None,
+    fmt: str | None,
+    accepted: bool,
+    dest: str | None,
+    overwrite: bool,
+) -> None:
+    """Write results.csv and results.jsonl from the ledger again; or, with --format, export
+    the completed (with --accepted: the approved) outputs as a dataset.
 
-    Example: firered-batch export jobs/demo.yaml
+    Example: firered-batch export jobs/demo.yaml --accepted --format folder
     """
-    _job, ledger = open_target(target, output)
+    job, ledger = open_target(target, output)
     with ledger:
-        paths = ledger.export()
-    click.echo(f"{paths.csv}\n{paths.jsonl}")
+        if fmt is None:
+            if accepted or dest:
+                raise click.UsageError("--accepted and --dest go with --format")
+            paths = ledger.export()
+            click.echo(f"{paths.csv}\n{paths.jsonl}")
+            return
+        chosen = [(k, i) for k, i, *_ in ledger.reviews.accepted_outputs()] if accepted else None
+        if chosen == []:
+            raise click.ClickException("no approved outputs yet: approve some in `review` first")
+        summary = export_ledger_dataset(
+            ledger,
+            Path(dest) if dest else job.output / f"dataset-{fmt}",
+            fmt,
+            outputs=chosen,
+            reviews=ledger.reviews.decisions(),
+            overwrite=overwrite,
+        )
+    click.echo(summary.text())
 
 
 # The error kinds a failed item can have in the ledger (its `error_kind`): fal's error classes
@@ -122,13 +164,36 @@ ERROR_KINDS = (
     help="Only failures of this kind (as `status` lists them: e.g. transient, permanent,"
     " download).",
 )
+@click.option(
+    "--rejected",
+    is_flag=True,
+    help="Instead: redo the items with an output rejected in `review`, as new items linked to"
+    " them (their outputs and decisions stay).",
+)
+@click.option("--new-seed", is_flag=True, help="With --rejected: the redo gets another seed.")
+@click.option("--prompt", help="With --rejected: the redo's prompt.")
+@click.option("--prompt-suffix", help="With --rejected: added to the end of the prompt.")
 @OUTPUT
-def retry(target: str, kind: str | None, output: str | None) -> None:
-    """Put failed items back to pending for the next run (all, or one error kind).
+def retry(
+    target: str,
+    kind: str | None,
+    rejected: bool,
+    new_seed: bool,
+    prompt: str | None,
+    prompt_suffix: str | None,
+    output: str | None,
+) -> None:
+    """Put failed items back to pending for the next run (all, or one error kind); or, with
+    --rejected, redo the rejected ones.
 
     Items that failed only to download keep their request id and are re-attached, not paid
     for again. Example: firered-batch retry jobs/demo.yaml --kind transient
     """
+    if not rejected and (new_seed or prompt is not None or prompt_suffix is not None):
+        raise click.UsageError("--new-seed, --prompt and --prompt-suffix go with --rejected")
+    if rejected:
+        _redo(target, output, kind, Change(new_seed, prompt, prompt_suffix))
+        return
     _job, ledger = open_target(target, output)
     with ledger:
         present = {group.kind: group.count for group in ledger.failures(limit=1000)}
@@ -143,6 +208,25 @@ def retry(target: str, kind: str | None, output: str | None) -> None:
     click.echo(f"{count} {what} items will be tried again by the next run")
     if kind is not None and count == 0 and present:
         click.echo(f"no failed items of kind {kind}; failed now: {_kinds(present)}", err=True)
+
+
+def _redo(target: str, output: str | None, kind: str | None, change: Change) -> None:
+    if kind is not None:
+        raise click.UsageError("--kind goes with failed items, not with --rejected")
+    if change.prompt is not None and change.prompt_suffix is not None:
+        raise click.UsageError("--prompt or --prompt-suffix, not both")
+    for name, text in (("--prompt", change.prompt), ("--prompt-suffix", change.prompt_suffix)):
+        if text is not None:
+            _, problems = check_fields({"prompt": text or " "}, Path.cwd())
+            if problems or (name == "--prompt" and not text.strip()):
+                why = problems[0][1] if problems else "must not be empty"
+                raise click.BadParameter(why, param_hint=f"'{name}'")
+    _job, ledger = open_target(target, output)
+    with ledger, ledger.group() as conn:
+        made = redo_rejected(conn, ledger.reviews.rejected_items(), change)
+    for redo, original in made:
+        click.echo(f"{redo}: redo of {original}")
+    click.echo(f"{len(made)} rejected items will be redone by the next run (new items)")
 
 
 def _kinds(counts: dict[str, int]) -> str:

@@ -3,7 +3,7 @@
 ```yaml
 manifest: ../manifests/catalog.csv   # required; relative to this file's folder
 name: catalog                        # default: this file's stem
-endpoint: fal-ai/firered-image-edit
+endpoint: fal-ai/firered-image-edit  # or endpoints: [a, b, …] to compare models on every item
 queue: local                         # the embedded simulator, or a URL (https://queue.fal.run)
 concurrency: 8                       # requests fal runs at once (your account's limit)
 queue_ahead: 8                       # more waiting in fal's queue (default: = concurrency)
@@ -31,23 +31,12 @@ budget: {max_usd: 25}                # stop admitting before spend would pass it
 accounts: [{name: team-a, key_env: FAL_KEY_A, concurrency: 40}]   # sharded runs over accounts
 ```
 
-Paths. A `JobSpec` holds absolute, resolved paths, made so in one place,
-`JobSpec._resolve_paths`: ``manifest`` against the job file's folder (`load_job`), or the
-current directory (`JobSpec.for_manifest`, direct construction); ``output`` against the current
-directory of the run, i.e. the project root when the tool is run from there, as cron and the
-Makefile do. (Image paths in ``defaults``, once local files are supported, are relative to the
-job file's folder too.)
-
-Safety. The manifest of a job file (`load_job`) or run directly (`JobSpec.for_manifest`) must
-exist (a missing one is ``manifest: file not found: …``, not a crash when a run opens it; a
-spec built directly may name one still to be written), and the output folder may not be one
-whose files a run would destroy or pollute: see `batch.job.paths` (``output: / is the root
-folder``). Numbers are finite and bounded (`allow_inf_nan` off; counts have a ceiling),
-``max_megapixels`` at most 200.
-
-Errors: `load_job` raises `JobError` listing every problem as ``file:line: field: reason``
-(``jobs/x.yaml:3: retries.attempts: Input should be greater than or equal to 1``);
-`JobSpec.for_manifest` and `JobSpec.with_overrides` list them as ``field: reason``.
+Paths are made absolute in one place, `JobSpec._resolve_paths`: ``manifest`` against the job
+file's folder (`load_job`) or the current directory, ``output`` against the current directory.
+The manifest must exist, and the output folder may not be one whose files a run would destroy
+or pollute (`batch.job.paths`). Numbers are finite and bounded. `load_job` raises `JobError`
+listing every problem as ``file:line: field: reason``; `JobSpec.for_manifest` and
+`JobSpec.with_overrides` list them as ``field: reason``.
 """
 
 from __future__ import annotations
@@ -129,6 +118,7 @@ class JobSpec(SettingsModel):
     manifest: Path
     name: str = ""  # set by _resolve_paths (from the manifest's or job file's stem)
     endpoint: str = DEFAULT_ENDPOINT
+    endpoints: list[str] = Field(default_factory=list, max_length=20)  # a comparison
     queue: str = DEFAULT_QUEUE_URL
     concurrency: int = Field(default=8, ge=1, le=MAX_CONCURRENCY)
     # None: as many as `concurrency`
@@ -263,6 +253,20 @@ class JobSpec(SettingsModel):
         if not _ENDPOINT_RE.fullmatch(value):
             raise _fail("must look like 'owner/app' or 'owner/app/path'")
         return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        if any(not _ENDPOINT_RE.fullmatch(e) for e in value) or len(set(value)) < len(value):
+            raise _fail("each must look like 'owner/app[/path]', each once")
+        return value
+
+    @model_validator(mode="after")
+    def _first_endpoint(self) -> JobSpec:
+        """With `endpoints` (a comparison) `endpoint` is the first: prices, the summary."""
+        if self.endpoints:
+            self.__dict__["endpoint"] = self.endpoints[0]
+        return self
 
     @field_validator("queue")
     @classmethod

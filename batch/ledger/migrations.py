@@ -213,3 +213,29 @@ def m007_sent_requests(conn: sqlite3.Connection) -> None:
         " SELECT request_id, key, endpoint, coalesce(submitted_at, updated_at) FROM items"
         " WHERE request_id IS NOT NULL"
     )
+
+
+@migration
+def m008_reviews(conn: sqlite3.Connection) -> None:
+    """People's verdicts on output images (`batch.ledger.reviews`), append-only: every write
+    (a decision, a note, an undo) is a new row of its output (item key, output index) with the
+    next `version`, and the output's latest version is the review in force. `sha256` is the
+    output the decision is about: an item redone since has a new output, which is unreviewed.
+    One table and its unique index, compact: the schema stays small."""
+    conn.execute(
+        "CREATE TABLE reviews (id INTEGER PRIMARY KEY AUTOINCREMENT, item_key TEXT NOT NULL,"
+        " idx INTEGER NOT NULL, version INTEGER NOT NULL,"
+        " action TEXT NOT NULL CHECK (action IN ('decide', 'note', 'undo')),"
+        " actor TEXT NOT NULL, at REAL NOT NULL, undoes INTEGER,"
+        " decision TEXT CHECK (decision IN ('approved', 'rejected')),"
+        " note TEXT NOT NULL DEFAULT '', reviewer TEXT, decided_at REAL, sha256 TEXT,"
+        " UNIQUE (item_key, idx, version))"
+    )
+
+
+@migration
+def m009_pilot_and_redo(conn: sqlite3.Connection) -> None:
+    """`pilot`: the item was in a pilot run's sample (`run --sample`); `redo_of`: the key of the
+    rejected item this one redoes (`retry --rejected`), whose outputs stay as they are."""
+    conn.execute("ALTER TABLE items ADD COLUMN pilot INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE items ADD COLUMN redo_of TEXT")

@@ -218,14 +218,14 @@ class _Planner:
             self.counts["dupes"] += self.staged - inserted
             return 0  # every item is this plan's, inserted as listed
         self.conn.execute(
-            "UPDATE items SET in_manifest = 0 WHERE in_manifest = 1"
+            "UPDATE items SET in_manifest = 0 WHERE in_manifest = 1 AND redo_of IS NULL"
             " AND key NOT IN (SELECT key FROM temp.plan_seen)"
         )
         self.conn.execute(
             "UPDATE items SET in_manifest = 1 WHERE in_manifest = 0"
             " AND key IN (SELECT key FROM temp.plan_seen)"
         )
-        missing_sql = "SELECT count(*) FROM items WHERE in_manifest = 0"
+        missing_sql = "SELECT count(*) FROM items WHERE in_manifest = 0"  # redos stay listed
         (missing,) = self.conn.execute(missing_sql).fetchone()
         return int(missing)
 

@@ -18,8 +18,11 @@ _WORK = (
     f"SELECT {_COLS} FROM items INDEXED BY items_work WHERE state IN ('pending', 'submitted')"
     " AND (state = 'submitted' OR in_manifest = 1)"
 )
+_PILOT = " AND (state = 'submitted' OR pilot = 1)"  # a pilot run: its sample (and what is paid)
 _WORK_FIRST = f"{_WORK} ORDER BY key LIMIT ?"
 _WORK_NEXT = f"{_WORK} AND key > ? ORDER BY key LIMIT ?"
+_PILOT_FIRST = f"{_WORK}{_PILOT} ORDER BY key LIMIT ?"
+_PILOT_NEXT = f"{_WORK}{_PILOT} AND key > ? ORDER BY key LIMIT ?"
 
 
 class LedgerReads:
@@ -29,17 +32,19 @@ class LedgerReads:
     _conn: sqlite3.Connection
     _lock: threading.RLock
 
-    def iter_work(self, batch_size: int = 1000) -> Iterator[ItemRow]:
+    def iter_work(self, batch_size: int = 1000, *, pilot: bool = False) -> Iterator[ItemRow]:
         """Pending and submitted items in key order, read `batch_size` at a time (no read is
         held open between batches). Pending items the manifest no longer lists are left out;
-        submitted ones are kept, to collect what was already paid for."""
+        submitted ones are kept, to collect what was already paid for. `pilot`: of the pending
+        ones only the pilot's sample."""
+        first, after = (_PILOT_FIRST, _PILOT_NEXT) if pilot else (_WORK_FIRST, _WORK_NEXT)
         last: str | None = None
         while True:
             with self._lock:
                 if last is None:
-                    rows = self._conn.execute(_WORK_FIRST, (batch_size,)).fetchall()
+                    rows = self._conn.execute(first, (batch_size,)).fetchall()
                 else:
-                    rows = self._conn.execute(_WORK_NEXT, (last, batch_size)).fetchall()
+                    rows = self._conn.execute(after, (last, batch_size)).fetchall()
             yield from map(ItemRow.from_row, rows)
             if len(rows) < batch_size:
                 return
@@ -112,6 +117,20 @@ class LedgerReads:
             for state, n in rows:
                 result[ItemState(state)] = n
         return {str(state): n for state, n in result.items()}
+
+    def manifest_items(self) -> list[tuple[str, str]]:
+        """(key, endpoint) of every item the manifest lists."""
+        with self._lock:
+            rows = self._conn.execute("SELECT key, endpoint FROM items WHERE in_manifest = 1")
+            return [(str(key), str(endpoint)) for key, endpoint in rows]
+
+    def pilot_counts(self) -> dict[str, int]:
+        """The pilot's items by state (empty without a pilot)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT state, count(*) FROM items WHERE pilot = 1 GROUP BY state"
+            ).fetchall()
+        return {str(state): int(n) for state, n in rows}
 
     def in_flight_count(self) -> int:
         """Items fal may hold: submitted, or with a submit on its way."""

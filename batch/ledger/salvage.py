@@ -29,7 +29,7 @@ from batch.outputs.presence import JOURNALS, LEDGER_NAME, check_ledger_present
 # Not `meta`: it holds only what a run learns again (the kept price, a locked account) and the
 # fingerprint of the manifest last planned, which must go: the next run then plans the whole
 # manifest again and finds the items whose rows were lost.
-TABLES = ("items", "outputs", "runs", "local_files", "uploads", "requests")
+TABLES = ("items", "outputs", "runs", "local_files", "uploads", "requests", "reviews")
 CHUNK = 256  # rowids read at once
 MAX_SPAN = 50_000_000  # rowids walked at most; beyond, a table is read in order to its damage
 

@@ -31,6 +31,7 @@ from batch.ledger.migrations import applied_migrations, migrate
 from batch.ledger.models import ItemLike, PlanResult
 from batch.ledger.plan import Hasher, plan_items
 from batch.ledger.reads import LedgerReads
+from batch.ledger.reviews import Reviews
 from batch.ledger.runs import LedgerRuns
 from batch.ledger.transitions import REATTACH_KINDS as REATTACH_KINDS
 from batch.ledger.transitions import LedgerTransitions
@@ -128,6 +129,11 @@ class Ledger(LedgerTransitions, LedgerReads, LedgerRuns):
     def uploads(self) -> UploadCache:
         """Local input files and the upload cache (`batch.ledger.uploads`)."""
         return UploadCache(self._conn, self._lock, self._clock, self.path)
+
+    @property
+    def reviews(self) -> Reviews:
+        """People's approve / reject / note per output image (`batch.ledger.reviews`)."""
+        return Reviews(self._conn, self._lock, self._clock, self.path)
 
     def applied_migrations(self) -> list[str]:
         with self._lock:

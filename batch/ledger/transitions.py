@@ -265,6 +265,18 @@ class LedgerTransitions:
                 ).rowcount
         return total
 
+    def set_pilot(self, keys: Iterable[str]) -> int:
+        """Mark items as a pilot's sample (they stay marked: `status` and the report show
+        them); how many were not marked yet."""
+        marked = 0
+        with self._tx() as conn:
+            for part in chunked(list(keys), LOOKUP):
+                marks = ",".join("?" * len(part))
+                marked += conn.execute(
+                    f"UPDATE items SET pilot = 1 WHERE pilot = 0 AND key IN ({marks})", part
+                ).rowcount
+        return marked
+
     def mark_ambiguous(self, key: str) -> None:
         """Flag that a submit of this item may have been queued without us knowing."""
         with self._tx() as conn:

@@ -56,8 +56,11 @@ class StopSignal:
 
 
 class Dispatcher:
-    def __init__(self, ctx: ItemContext, stop: StopSignal, drain_timeout: float = 60.0) -> None:
+    def __init__(
+        self, ctx: ItemContext, stop: StopSignal, drain_timeout: float = 60.0, pilot: bool = False
+    ) -> None:
         self.ctx = ctx
+        self.pilot = pilot  # a pilot run: only its sample is sent
         self.stop = stop
         self.drain_timeout = drain_timeout
         self.fatal: BaseException | None = None
@@ -71,7 +74,7 @@ class Dispatcher:
         return f"Dispatcher(tasks={len(self._tasks)}, later={len(self._later)})"
 
     async def run(self) -> None:
-        work = self.ctx.ledger.iter_work()
+        work = self.ctx.ledger.iter_work(pilot=self.pilot)
         exhausted = False
         while not self.stop.draining.is_set() and self.fatal is None:
             row = self._due_row()

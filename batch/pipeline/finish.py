@@ -28,6 +28,7 @@ from batch.fal import (
     RequestHandle,
     TransientError,
 )
+from batch.fal.adapters import normalize_result
 from batch.ledger import InvalidTransitionError, ItemRow, Ledger
 from batch.ledger.group import GroupCommit
 from batch.outputs import DownloadError, OutputRecord, Publisher, download_image, safe_name
@@ -151,7 +152,7 @@ async def fetch_result(
     except PermanentError as exc:
         await fail(ctx, row, exc.kind, str(exc), error_type=exc.error_type)
     try:
-        return Fetched(EditOutput.model_validate(body), units)
+        return Fetched(EditOutput.model_validate(normalize_result(row.endpoint, body)), units)
     except ValidationError as exc:
         await fail(ctx, row, "bad_output", f"result does not match the output schema: {exc}")
 

@@ -33,6 +33,7 @@ from batch.fal import (
     TlsError,
     TransientError,
 )
+from batch.fal.adapters import AdapterError, adapt
 from batch.ledger import InvalidTransitionError, ItemRow
 from batch.ledger.models import canonical_json
 from batch.outputs import DiskFullError
@@ -327,12 +328,11 @@ async def _admit(ctx: ItemContext, row: ItemRow) -> None:
 
 
 async def _payload(ctx: ItemContext, row: ItemRow) -> dict[str, Any]:
-    """What is sent: the ledger's payload with its local images uploaded (or inlined)."""
-    if ctx.uploads is None:
-        return row.payload
+    """What is sent: the payload, local images uploaded, in its endpoint's fields (adapters)."""
     try:
-        return await ctx.uploads.prepare(row.payload)
-    except InputFileError as exc:
+        prepared = row.payload if ctx.uploads is None else await ctx.uploads.prepare(row.payload)
+        return adapt(row.endpoint, prepared)
+    except (InputFileError, AdapterError) as exc:
         await fail(ctx, row, "input", str(exc))
     except AuthError:
         raise

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 from batch.errors import InvalidInputError
+from batch.fal.adapters import AdapterError, adaptation
 from batch.job import JobError, JobSpec
 from batch.job.shards import KEY_FUNCTION, parse_shard
 from batch.ledger import Ledger, PlanResult
-from batch.manifest import EditItem, ManifestCheck
+from batch.manifest import EditItem, ManifestCheck, ManifestError
 from batch.manifest.localfiles import LocalFiles
 
 FINGERPRINT = "plan_fingerprint"
@@ -53,6 +54,8 @@ def manifest_fingerprint(spec: JobSpec) -> str:
     header = {"version": _version(), "endpoint": spec.endpoint, "defaults": spec.defaults}
     if spec.shard is not None:  # another shard, or another division, plans other items
         header["shard"] = [spec.shard, KEY_FUNCTION]
+    if spec.endpoints:
+        header["endpoints"] = list(spec.endpoints)
     digest.update(json.dumps(header, sort_keys=True, ensure_ascii=False).encode())
     with open(spec.manifest, "rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -80,11 +83,15 @@ def plan_run(spec: JobSpec, ledger: Ledger, *, redo_changed: bool = False) -> Pl
         spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults, files=files
     )
     items: Iterable[EditItem] = check.items()
+    compared = Comparison(spec.endpoints) if spec.endpoints else None
+    if compared is not None:
+        items = compared.items(items)
     if spec.shard is not None:  # every row is still checked; this shard plans its own items
         owns = parse_shard(spec.shard, {}).owns
         items = (item for item in items if owns(item.key))
     plan = ledger.plan(items, redo_changed=redo_changed)  # ManifestError: rolled back
     scanned = check.summary
+    warnings = list(scanned.warnings) + (compared.warnings() if compared is not None else [])
     ledger.uploads.record_files(files.files())  # where the pipeline finds each file's bytes
     if plan.changed and not redo_changed:
         ledger.set_meta(FINGERPRINT, None)
@@ -98,7 +105,7 @@ def plan_run(spec: JobSpec, ledger: Ledger, *, redo_changed: bool = False) -> Pl
     }
     ledger.set_meta(PLAN_COUNTS, json.dumps(counts))
     ledger.set_meta(FINGERPRINT, fingerprint if scanned.local_images == 0 else None)
-    return Planned(counts, plan.to_do, warnings=list(scanned.warnings))
+    return Planned(counts, plan.to_do, warnings=warnings)
 
 
 def _changed_lines(plan: PlanResult) -> list[str]:
@@ -135,3 +142,72 @@ def use_account(ledger: Ledger, name: str) -> None:
             ]
         )
     ledger.set_meta(ACCOUNT, name)
+
+
+class Comparison:
+    """`endpoints:` — every manifest item once per endpoint, as one more matrix dimension: the
+    key is the item's key and the endpoint's alias (``cat@flux-kontext-dev``), the payload the
+    item's own (adapted to the endpoint's fields when it is sent: `batch.fal.adapters`). Each
+    pair is checked here, so an item an endpoint cannot take (more images than it takes, a value
+    out of its range) stops the plan with its line, before anything is sent."""
+
+    def __init__(self, endpoints: Sequence[str]) -> None:
+        self.endpoints = list(endpoints)
+        self.problems: list[str] = []
+        self.notes: dict[str, set[str]] = {e: set() for e in endpoints}
+
+    def items(self, items: Iterable[EditItem]) -> Iterator[EditItem]:
+        for item in items:
+            for endpoint in self.endpoints:
+                try:
+                    made = adaptation(endpoint, item.payload)
+                except AdapterError as exc:
+                    self.problems.append(f"{item.source}: {exc}")
+                    continue
+                self.notes[endpoint].update(f"{f} is not sent" for f in made.dropped)
+                self.notes[endpoint].update(made.converted)
+                key = compared_key(item.key, endpoint)
+                yield EditItem(key, endpoint, item.payload, item.source, item.user_id)
+        if self.problems:
+            raise ManifestError(self.problems)
+
+    def warnings(self) -> list[str]:
+        return [
+            f"{endpoint}: {note}"
+            for endpoint, notes in self.notes.items()
+            for note in sorted(notes)
+        ]
+
+
+def endpoint_alias(endpoint: str) -> str:
+    """``fal-ai/flux-kontext/dev`` → ``flux-kontext-dev``: the endpoint in an item's key."""
+    return endpoint.split("/", 1)[-1].replace("/", "-")
+
+
+def compared_key(key: str, endpoint: str) -> str:
+    return f"{key}@{endpoint_alias(endpoint)}"
+
+
+def pilot_sample(ledger: Ledger, n: int, seed: int) -> int:
+    """Mark a pilot's sample: `n` of the manifest's inputs, chosen by a hash of the seed and
+    each key (the same every time, whatever the manifest's order; a comparison's item counts
+    once, with all its endpoints). Returns the sample's items still to do."""
+    groups: dict[str, list[str]] = {}
+    for key, endpoint in ledger.manifest_items():
+        base = key.removesuffix("@" + endpoint_alias(endpoint))
+        groups.setdefault(base, []).append(key)
+    chosen = sorted(groups, key=lambda base: hashlib.sha256(f"{seed}:{base}".encode()).digest())
+    ledger.set_pilot(key for base in chosen[:n] for key in groups[base])
+    counts = ledger.pilot_counts()
+    return counts.get("pending", 0) + counts.get("submitted", 0)
+
+
+def settle(
+    ledger: Ledger, plan: Planned, *, account: str | None, sample: tuple[int, int] | None
+) -> None:
+    """After the plan: the account the ledger's requests go to (`accounts:`), and a pilot's
+    sample (`run --sample N`: then the run does only the sample)."""
+    if account is not None:
+        use_account(ledger, account)
+    if sample is not None:
+        plan.to_do = pilot_sample(ledger, *sample)

@@ -37,7 +37,7 @@ from batch.pipeline.dispatch import Dispatcher, StopSignal
 from batch.pipeline.events import NullProgress, Progress, RunStats
 from batch.pipeline.finish import download_limit
 from batch.pipeline.item import Announce, ItemContext
-from batch.pipeline.planning import plan_run, use_account
+from batch.pipeline.planning import plan_run, settle
 from batch.pipeline.policy import RetryPolicy
 from batch.pipeline.prices import known_price, resolve_price
 from batch.pipeline.recovery import make_recovery
@@ -69,6 +69,7 @@ async def run_job(
     detach: bool = False,
     announce: Announce | None = None,
     account: str | None = None,
+    sample: tuple[int, int] | None = None,
 ) -> RunSummary:
     """Run (or resume) a job to the end.
 
@@ -97,8 +98,7 @@ async def run_job(
             log.info("removed %d temporary files left by an interrupted run", removed)
         plan = plan_run(spec, ledger, redo_changed=redo_changed)
         summary.plan, summary.warnings = plan.counts, plan.warnings
-        if account is not None:  # `accounts:` (a sharded job over several fal accounts)
-            use_account(ledger, account)
+        settle(ledger, plan, account=account, sample=sample)
         if spec.local:
             _forget_local_requests(ledger)
         log_start(spec, plan.to_do, sum(ledger.counts().values()))
@@ -114,8 +114,9 @@ async def run_job(
             ):
                 if plan.to_do or ledger.counts()["submitted"]:  # else: no connection at all
                     args = (stats, halt, progress, policy, credentials, detach, announce)
-                    await _execute(spec, ledger, *args)
-            summary.exit_code = _exit_code(ledger.counts(), stop, _work_left(ledger))
+                    await _execute(spec, ledger, *args, pilot=sample is not None)
+            left = _work_left(ledger, sample is not None)
+            summary.exit_code = _exit_code(ledger.counts(), stop, left)
             summary.message = _message(stop)
             summary.exit_code, summary.message = halt.outcome(
                 ledger.counts(), (summary.exit_code, summary.message)
@@ -209,9 +210,10 @@ async def _execute(
     credentials: Credentials | None,
     detach: bool = False,
     announce: Announce | None = None,
+    pilot: bool = False,
 ) -> None:
-    """Dispatch the run's items. A locked account or a full disk stops admitting (`halt`) and
-    drains; an AuthError or TlsError ends the run at once."""
+    """Dispatch the run's items (`pilot`: only the pilot's sample). A locked account or a full
+    disk stops admitting (`halt`) and drains; an AuthError or TlsError ends the run at once."""
     stop = halt.stop
     policy = policy or RetryPolicy.from_spec(spec.retries)
     receive = spec.wait == "webhook" and not detach
@@ -266,7 +268,7 @@ async def _execute(
             ),
             announce=announce,
         )
-        dispatcher = Dispatcher(ctx, stop)
+        dispatcher = Dispatcher(ctx, stop, pilot=pilot)
         try:
             await dispatcher.run()
         finally:
@@ -370,14 +372,10 @@ def _settings(spec: JobSpec) -> dict[str, Any]:
     return spec.model_dump(mode="json")
 
 
-def _work_left(ledger: Ledger) -> bool:
-    """Whether a run of this manifest would still find work (what `iter_work` yields).
-
-    Not `counts()["pending"]`: pending items whose rows left the manifest are kept and reported
-    but never worked on, so counting them would make every later run exit 4, "resumable",
-    although running it again can change nothing.
-    """
-    return next(ledger.iter_work(batch_size=1), None) is not None
+def _work_left(ledger: Ledger, pilot: bool) -> bool:
+    """Whether a run would still find work (what `iter_work` yields; not `pending`: items that
+    left the manifest stay pending but are never worked on, so would make every run exit 4)."""
+    return next(ledger.iter_work(batch_size=1, pilot=pilot), None) is not None
 
 
 def _exit_code(counts: dict[str, int], stop: StopSignal, work_left: bool) -> ExitCode:

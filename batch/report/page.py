@@ -11,7 +11,14 @@ settled it sets ``data-thumbs`` on <body> to ``ok`` (every one decoded) or ``bro
 Item records: ``k`` key, ``s`` state, ``p`` prompt, ``sd`` seed, ``l`` latency (s), ``f`` NSFW
 flagged, ``a`` attempts, ``src`` manifest file:line, ``e`` error, ``d`` possible duplicate,
 ``r`` recovered from fal's request history, ``i``/``o`` inputs/outputs as
-``[thumbnail URL, link, label]``.
+``[thumbnail URL, link, label]``, ``oi`` the outputs' indexes (when not 0, 1, …), ``rv`` their
+reviews (``{d: approved|rejected|null, n: note, by: reviewer, v: version}`` or null each).
+
+People's reviews show read-only: a badge on each output, the note, tiles (approved, rejected,
+to review) and filters; <body data-reviews> is ``none`` (nothing reviewed yet: the review filters
+are hidden), ``some``, or ``live`` (the review server's page). The script exposes
+``window.fireredReport`` (its data, view, `render`, `refresh` of one card, and `cardHooks` run on
+each card it makes), through which the review server's `PageExtras` script adds its controls.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 from typing import Any
@@ -39,6 +47,22 @@ def _assets() -> tuple[str, str, str]:
     return page, css, script.replace("__PER_PAGE__", str(PER_PAGE), 1)
 
 
+CSP = (
+    "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline';"
+    " script-src 'unsafe-inline'"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PageExtras:
+    """What the review server adds to the page: CSS and a script after the report's own, and
+    fetch() to the page's own origin (``connect-src 'self'``)."""
+
+    css: str = ""
+    script: str = ""
+
+
+_REVIEW_TILES = (("approved", "approved"), ("rejected", "rejected"), ("unreviewed", "to review"))
 _TILES = (
     "total",
     "completed",
@@ -52,18 +76,36 @@ _TILES = (
 
 
 def render_page(
-    *, title: str, generated: str, summary: Mapping[str, Any], histogram: str, items_json: str
+    *,
+    title: str,
+    generated: str,
+    summary: Mapping[str, Any],
+    histogram: str,
+    items_json: str,
+    extras: PageExtras | None = None,
 ) -> str:
-    """The whole document. `items_json` must already be safe inside <script> (no ``<``)."""
+    """The whole document. `items_json` must already be safe inside <script> (no ``<``).
+    ``summary["review"]``: output images by review (`ReviewCounts.as_dict`), if known."""
     tiles = "\n".join(
-        f'<div class="tile {name}"><b id="count-{name}">{int(summary.get(name, 0))}</b>'
-        f"<span>{name}</span></div>"
+        _tile(name, name, summary.get(name, 0))
         for name in _TILES
         if name in ("total", "completed", "failed") or summary.get(name)
     )
+    review = summary.get("review") or {}
+    reviews = (
+        "live" if extras else "some" if review.get("approved") or review.get("rejected") else "none"
+    )
+    if reviews != "none":
+        tiles += "\n" + "\n".join(
+            _tile(name, label, review.get(name, 0), "review ") for name, label in _REVIEW_TILES
+        )
     cost = summary.get("cost")
     page, css, script = _assets()
+    if extras is not None:
+        css, script = css + extras.css, script + extras.script
     return page % {
+        "csp": CSP + ("; connect-src 'self'" if extras else ""),
+        "reviews": reviews,
         "title": html.escape(title),
         "generated": html.escape(generated),
         "total": int(summary.get("total", 0)),
@@ -74,6 +116,13 @@ def render_page(
         "items": items_json,
         "script": script,
     }
+
+
+def _tile(name: str, label: str, value: Any, kind: str = "") -> str:
+    return (
+        f'<div class="tile {kind}{name}"><b id="count-{name}">{int(value or 0)}</b>'
+        f"<span>{html.escape(label)}</span></div>"
+    )
 
 
 def histogram_svg(values: Sequence[float], *, width: int = 440, height: int = 120) -> str:

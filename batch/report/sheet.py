@@ -8,6 +8,9 @@ links to the full images. Summary counts, the job's spend (`batch.ledger.spend`:
 billable units where the ledger has them, else estimated), a latency histogram (inline SVG),
 filters (all, completed, failed, flagged, unfinished), a search on prompt or id, and
 client-side pagination — the items are embedded as JSON, so 10,000 items stay one light page.
+People's reviews of the outputs (`batch.ledger.reviews`: approved, rejected, a note) show as
+badges, counts and filters, read-only; `firered-batch review` serves the same page with review
+controls (`render_report` with the review server's `PageExtras`, `batch.report.review`).
 
 The ledger is read through its own connection, in one snapshot, streaming: a few hundred rows
 (with their request JSON) at a time; the page keeps a compact record per item. The file is
@@ -29,10 +32,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.ledger.prices import parse_kept, price_key
+from batch.ledger.reviews import Decision, ReviewCounts, counts_in, decisions_in
 from batch.ledger.spend import JobSpend, spend_in
 from batch.manifest.pricing import PriceSpec, usd
 from batch.outputs.durable import atomic_writer
-from batch.report.page import histogram_svg, render_page
+from batch.report.page import PageExtras, histogram_svg, render_page
 from batch.report.thumbnails import Media, Thumbnailer, local_inputs
 
 if TYPE_CHECKING:
@@ -48,7 +52,8 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one for e
 _SQL = """
     SELECT i.key, i.source, i.state, i.attempts, i.request, i.error_kind, i.error_message,
            i.seed, i.nsfw, i.timings, i.submitted_at, i.completed_at, i.possible_duplicate,
-           o.path, o.width, o.height, o.bytes, i.error_type, i.billable_units, i.recovered
+           o.path, o.width, o.height, o.bytes, i.error_type, i.billable_units, i.recovered,
+           o.idx
     FROM items AS i LEFT JOIN outputs AS o ON o.item_key = i.key
     ORDER BY i.key, o.idx
 """
@@ -70,6 +75,8 @@ class Report:
     output_images: int = 0
     output_pixels: int = 0
     spend: JobSpend | None = None  # with a price: the job's spend, read in the page's snapshot
+    reviews: ReviewCounts | None = None  # output images by review (None: a ledger before m008)
+    review_event: int = 0  # the latest review event the page shows
 
 
 @dataclass
@@ -102,6 +109,23 @@ def write_report(
 ) -> Report:
     """Write ``<output_dir>/report.html`` (and its thumbnails) from the ledger there. Without
     `price`, the price a run kept for `endpoint` (fal's) is used, if any."""
+    report, page = render_report(output_dir, title=title, price=price, endpoint=endpoint, now=now)
+    with atomic_writer(report.path, newline="\n") as fh:
+        fh.write(page)
+    return report
+
+
+def render_report(
+    output_dir: Path,
+    *,
+    title: str,
+    price: PriceSpec | None = None,
+    endpoint: str | None = None,
+    now: float | None = None,
+    extras: PageExtras | None = None,
+) -> tuple[Report, str]:
+    """The report's page (its thumbnails made) and what it holds, without writing the page;
+    `extras`: what the review server adds to it."""
     db_path = output_dir / "ledger.sqlite"
     if not db_path.is_file():
         raise FileNotFoundError(f"{output_dir}: no ledger yet (has this job been run?)")
@@ -111,8 +135,9 @@ def write_report(
         conn.execute("PRAGMA busy_timeout = 5000")
         conn.execute("BEGIN")  # one snapshot for the whole page
         thumbs = Thumbnailer(output_dir, local_inputs(_local_files(conn)))
+        reviews = _reviews(conn, report)
         records: list[str] = []
-        for chunk in _chunks(_items(conn, thumbs, report), CHUNK):
+        for chunk in _chunks(_items(conn, thumbs, report, reviews), CHUNK):
             failed = thumbs.make()
             records.extend(_json(item.finish(failed)) for item in chunk)
         price = price or _kept_price(conn, endpoint)
@@ -128,10 +153,9 @@ def write_report(
         summary=_summary(report),
         histogram=histogram_svg(report.latencies),
         items_json="[" + ",\n".join(records) + "]",
+        extras=extras,
     )
-    with atomic_writer(report.path, newline="\n") as fh:
-        fh.write(page)
-    return report
+    return report, page
 
 
 def report_for(spec: JobSpec) -> Report:
@@ -172,17 +196,54 @@ def _local_sizes(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
     return {sha: (width, height) for sha, width, height in rows}
 
 
+def _reviews(conn: sqlite3.Connection, report: Report) -> dict[tuple[str, int], Decision]:
+    try:
+        found = decisions_in(conn)
+        report.reviews = counts_in(conn)
+    except sqlite3.OperationalError:  # a ledger from before reviews
+        return {}
+    report.review_event = max((d.event for d in found.values()), default=0)
+    return found
+
+
+def _review_fields(
+    record: dict[str, Any],
+    key: str,
+    indexes: Sequence[int],
+    reviews: dict[tuple[str, int], Decision],
+) -> None:
+    """``oi``: the outputs' indexes, when they are not 0, 1, …; ``rv``: their reviews in force
+    (``{d, n, by, v}`` or null each), when any output of the item was ever reviewed."""
+    if list(indexes) != list(range(len(indexes))):
+        record["oi"] = list(indexes)
+    found = [reviews.get((key, i)) for i in indexes]
+    if any(found):
+        record["rv"] = [
+            None if d is None else {"d": d.decision, "n": d.note, "by": d.reviewer, "v": d.version}
+            for d in found
+        ]
+
+
 def _chunks(items: Iterator[_Item], size: int) -> Iterator[list[_Item]]:
     while chunk := list(itertools.islice(items, size)):
         yield chunk
 
 
-def _items(conn: sqlite3.Connection, thumbs: Thumbnailer, report: Report) -> Iterator[_Item]:
+def _items(
+    conn: sqlite3.Connection,
+    thumbs: Thumbnailer,
+    report: Report,
+    reviews: dict[tuple[str, int], Decision],
+) -> Iterator[_Item]:
     cursor = conn.execute(_SQL)
     rows = itertools.chain.from_iterable(iter(lambda: cursor.fetchmany(500), []))
-    for _key, group in itertools.groupby(rows, lambda r: r[0]):
+    for key, group in itertools.groupby(rows, lambda r: r[0]):
         members = list(group)
-        yield _item(members, thumbs, report)
+        item = _item(members, thumbs, report)
+        indexes = [m[20] for m in members if m[13] is not None]
+        if indexes:
+            _review_fields(item.record, key, indexes, reviews)
+        yield item
 
 
 def _item(members: Sequence[Sequence[Any]], thumbs: Thumbnailer, report: Report) -> _Item:
@@ -259,6 +320,8 @@ def _summary(report: Report) -> dict[str, Any]:
     counts = {s: report.counts.get(s, 0) for s in ("completed", "failed", "pending", "submitted")}
     summary: dict[str, Any] = {"total": report.items, **counts, "flagged": report.flagged}
     summary["recovered"], summary["resubmitted"] = report.recovered, report.resubmitted
+    if report.reviews is not None:
+        summary["review"] = report.reviews.as_dict()
     if report.spend is not None:
         spend = report.spend
         text = f"{usd(spend.spent)} spent"

@@ -261,3 +261,33 @@ def lock_holder_alive(output_dir: Path) -> bool:
     except PermissionError:
         return True  # alive, someone else's
     return True
+
+
+def review_lines(ledger: Ledger) -> list[str]:
+    """What `status` says of people's reviews (`firered-batch review`): ``reviewed: N approved,
+    N rejected, N to review`` (output images of completed items), and the rejected items; no
+    line before anyone reviewed anything."""
+    reviews = ledger.reviews
+    if not reviews.last_event():
+        return []
+    counts = reviews.review_counts()
+    lines = [
+        f"reviewed: {counts.approved} approved, {counts.rejected} rejected,"
+        f" {counts.unreviewed} to review"
+    ]
+    rejected = reviews.rejected_items()
+    if rejected:
+        shown = ", ".join(rejected[:5]) + (
+            f", … ({len(rejected)} items)" if len(rejected) > 5 else ""
+        )
+        lines.append(f"  rejected: {shown}")
+    return lines
+
+
+def pilot_lines(ledger: Ledger) -> list[str]:
+    """What `status` says of a pilot run (`run --sample`): its items by state; none without."""
+    counts = ledger.pilot_counts()
+    if not counts:
+        return []
+    states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    return [f"pilot: {sum(counts.values())} items ({states}); `status` above counts all items"]

@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
-from batch.schema import EditInput, image_size_pixels
-from batch.sim import jobs
+from batch.schema import DEFAULT_ENDPOINT, EditInput, image_size_pixels
+from batch.sim import edit_models, jobs
 from batch.sim.clock import Clock
 from batch.sim.config import SimConfig
 from batch.sim.imaging import InputImageError, fetch_input, render
@@ -55,18 +55,34 @@ async def execute(
     if job.fault is not None:
         await asyncio.sleep(max(0.0, deadline - loop.time()))
         return jobs.from_fault(job.fault)
-    try:
-        edit = EditInput.model_validate(job.payload)
-    except ValidationError as exc:
-        if job.record.endpoint in config.validated_endpoints:
-            return jobs.from_validation_error(exc)
-        await asyncio.sleep(max(0.0, deadline - loop.time()))
-        return jobs.success({"images": [], "input": job.payload})
+    endpoint = job.record.endpoint
+    if endpoint in edit_models.MODELED and endpoint != DEFAULT_ENDPOINT:
+        # Another fal edit model: its own fields (edit_models, from its fal page).
+        problems = edit_models.validate_input(endpoint, job.payload)
+        if problems:
+            return jobs.unprocessable(problems)
+        spec = edit_models.render_spec(endpoint, job.payload or {})
+    else:
+        try:
+            edit = EditInput.model_validate(job.payload)
+        except ValidationError as exc:
+            if endpoint in config.validated_endpoints:
+                return jobs.from_validation_error(exc)
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            return jobs.success({"images": [], "input": job.payload})
+        spec = edit_models.RenderSpec(
+            prompt=edit.prompt,
+            image_urls=tuple(edit.image_urls),
+            num_images=edit.num_images,
+            size=image_size_pixels(edit.image_size),
+            output_format=edit.output_format,
+            seed=edit.seed,
+        )
     try:
         inputs = [
-            await fetch_input(session, url, store, index=i) for i, url in enumerate(edit.image_urls)
+            await fetch_input(session, url, store, index=i) for i, url in enumerate(spec.image_urls)
         ]
-        output = await render_outputs(job, edit, inputs, config=config, store=store, clock=clock)
+        output = await render_outputs(job, spec, inputs, config=config, store=store, clock=clock)
     except InputImageError as exc:
         kind = "file_download_error" if "download" in exc.reason else "image_load_error"
         return jobs.unprocessable([jobs.detail_item(["image_urls", exc.index], str(exc), kind)])
@@ -76,17 +92,18 @@ async def execute(
 
 async def render_outputs(
     job: Job,
-    edit: EditInput,
+    edit: edit_models.RenderSpec,
     inputs: list[bytes],
     *,
     config: SimConfig,
     store: FileStore,
     clock: Clock,
 ) -> dict[str, Any]:
-    """Render the edit's images into the file store; returns the model's result body."""
+    """Render the edit's images into the file store; returns the model's result body (in the
+    shape of the job's endpoint)."""
     seed = edit.seed if edit.seed is not None else job.seed
-    size = image_size_pixels(edit.image_size)
-    fmt = edit.output_format
+    size = edit.size
+    fmt = "png" if edit.output_format == "png" else "jpeg"  # webp: rendered as jpeg here
     ext, content_type = ("png", "image/png") if fmt == "png" else ("jpg", "image/jpeg")
     images: list[dict[str, Any]] = []
     for i in range(edit.num_images):
@@ -115,6 +132,15 @@ async def render_outputs(
     job.images = len(images)
     word = config.nsfw_word.lower()
     nsfw = bool(word) and word in edit.prompt.lower()
+    if job.record.endpoint in edit_models.MODELED and job.record.endpoint != DEFAULT_ENDPOINT:
+        return edit_models.result_shape(
+            job.record.endpoint,
+            images,
+            seed,
+            prompt=edit.prompt,
+            nsfw=nsfw,
+            inference_s=job.record.service_time,
+        )
     return {
         "images": images,
         "timings": {"inference": round(job.record.service_time, 6)},

@@ -7,8 +7,12 @@
     completed: function (it) { return it.s === 'completed'; },
     failed: function (it) { return it.s === 'failed'; },
     flagged: function (it) { return it.f; },
-    unfinished: function (it) { return it.s === 'pending' || it.s === 'submitted'; }
+    unfinished: function (it) { return it.s === 'pending' || it.s === 'submitted'; },
+    approved: function (it) { return reviewOf(it) === 'approved'; },
+    rejected: function (it) { return reviewOf(it) === 'rejected'; },
+    unreviewed: function (it) { return reviewOf(it) === 'unreviewed'; }
   };
+  var cardHooks = [];
   var view = {filter: 'all', q: '', page: 1};
   var grid = document.getElementById('grid');
   var search = document.getElementById('search');
@@ -35,6 +39,36 @@
     if (cls) node.className = cls;
     if (text !== undefined && text !== null) node.textContent = String(text);
     return node;
+  }
+  // An item's review: 'rejected' if any output is, 'approved' if every one is, 'unreviewed'
+  // while some output is undecided; null for an item without outputs to review.
+  function reviewOf(it) {
+    if (it.s !== 'completed' || !it.o.length) return null;
+    var ok = 0;
+    for (var i = 0; i < it.o.length; i++) {
+      var r = it.rv && it.rv[i];
+      if (r && r.d === 'rejected') return 'rejected';
+      if (r && r.d === 'approved') ok++;
+    }
+    return ok === it.o.length ? 'approved' : 'unreviewed';
+  }
+  function outputIndex(it, pos) { return it.oi ? it.oi[pos] : pos; }
+  function reviewMark(box, r) {
+    if (!r || !r.d) return;
+    box.classList.add('rv-' + r.d);
+    var mark = el('span', 'rv-mark ' + r.d, r.d === 'approved' ? '\u2713' : '\u2717');
+    mark.title = r.d + (r.by ? ' by ' + r.by : '');
+    box.appendChild(mark);
+  }
+  function notes(c, it) {
+    (it.rv || []).forEach(function (r, pos) {
+      if (!r || !r.n) return;
+      var who = it.o.length > 1 ? 'Note on output ' + (pos + 1) : 'Note';
+      var p = el('p', 'rv-note');
+      p.appendChild(el('b', null, who + (r.by ? ' (' + r.by + ')' : '') + ': '));
+      p.appendChild(document.createTextNode(r.n));
+      c.appendChild(p);
+    });
   }
   function media(m, what) {
     var box = el(m[1] ? 'a' : 'div', 'media ' + what);
@@ -69,12 +103,22 @@
     if (it.f) head.appendChild(el('span', 'badge nsfw', 'NSFW'));
     if (it.d) head.appendChild(el('span', 'badge dup', 'possible duplicate'));
     if (it.r) head.appendChild(el('span', 'badge recovered', 'recovered from fal history'));
+    var review = reviewOf(it);
+    if (review === 'approved' || review === 'rejected') {
+      head.appendChild(el('span', 'badge rv ' + review, review));
+    }
+    c.dataset.review = review || 'none';
     c.appendChild(head);
     var pair = el('div', 'pair');
     var ins = el('div', 'side inputs');
     it.i.forEach(function (m) { ins.appendChild(media(m, 'input')); });
     var outs = el('div', 'side outputs');
-    it.o.forEach(function (m) { outs.appendChild(media(m, 'output')); });
+    it.o.forEach(function (m, pos) {
+      var box = media(m, 'output');
+      box.dataset.output = String(outputIndex(it, pos));
+      reviewMark(box, it.rv && it.rv[pos]);
+      outs.appendChild(box);
+    });
     var none = it.s === 'failed' ? 'no output' : it.s;
     if (!it.o.length) outs.appendChild(media([null, null, none], 'output'));
     [ins, outs].forEach(columns);
@@ -96,6 +140,8 @@
       if (it.et) error.appendChild(el('span', 'etype', ' (fal error type: ' + it.et + ')'));
       c.appendChild(error);
     }
+    notes(c, it);
+    cardHooks.forEach(function (hook) { hook(c, it); });
     return c;
   }
   function matching() {
@@ -156,9 +202,24 @@
     render();
     window.scrollTo(0, 0);
   }
+  function countFilters() {
+    document.querySelectorAll('[data-filter]').forEach(function (b) {
+      var n = b.querySelector('.n') || b.appendChild(el('span', 'n'));
+      n.textContent = ' (' + DATA.filter(FILTERS[b.dataset.filter]).length + ')';
+    });
+  }
+  // One card made again from its record (a review changed), in place: the view stays.
+  function refresh(key) {
+    var cards = grid.querySelectorAll('article.card');
+    for (var i = 0; i < cards.length; i++) {
+      if (cards[i].dataset.key !== key) continue;
+      var it = DATA.find(function (x) { return x.k === key; });
+      if (it) cards[i].replaceWith(card(it));
+    }
+    countFilters();
+  }
+  countFilters();
   document.querySelectorAll('[data-filter]').forEach(function (b) {
-    var n = DATA.filter(FILTERS[b.dataset.filter]).length;
-    b.appendChild(document.createTextNode(' (' + n + ')'));
     b.addEventListener('click', function () { go({filter: b.dataset.filter, page: 1}); });
   });
   var typing = null;
@@ -173,6 +234,10 @@
     go({page: view.page + 1});
   });
   window.addEventListener('hashchange', function () { readHash(); render(); });
+  window.fireredReport = {
+    data: DATA, view: view, grid: grid, render: render, go: go, refresh: refresh,
+    reviewOf: reviewOf, outputIndex: outputIndex, cardHooks: cardHooks
+  };
   readHash();
   render();
 })();

@@ -1,0 +1,112 @@
+"""`firered-batch review`: serve a job's report with approve / reject / note per output image
+(`batch.report.review`) until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import getpass
+import sys
+from pathlib import Path
+
+import click
+
+from batch.cli.targets import open_target
+from batch.errors import ExitCode
+from batch.ledger.reviews import check_reviewer
+from batch.report.review import ReviewJob, new_token, review_server
+
+TARGET = click.Path(exists=True)  # a job file, a manifest, or an output folder
+
+
+def default_reviewer() -> str:
+    """Who decides, unless --reviewer says: the login name ($USER, $LOGNAME, the account)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "reviewer"
+
+
+@click.command()
+@click.argument("target", type=TARGET)
+@click.option(
+    "--output", type=click.Path(file_okay=False), help="Output folder (of a job or manifest)."
+)
+@click.option("--reviewer", help="Name your decisions are recorded under (default: $USER).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port to listen on (0: a free one).",
+)
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Allow a --host other machines can reach (the token then travels over plain http).",
+)
+def review(
+    target: str,
+    output: str | None,
+    reviewer: str | None,
+    host: str,
+    port: int,
+    allow_remote: bool,
+) -> None:
+    """Review a job's output images in the browser: approve, reject or note each one.
+
+    Serves the report on 127.0.0.1 at a URL with a random token (only who has the URL can see
+    or decide) until Ctrl-C. Keys: j/k move, a approve, r reject, n note, u undo, ? help.
+    Decisions go into the ledger (several reviewers at once never overwrite each other unseen),
+    into `status`, and into report.html, which still opens offline. TARGET: a job file, a
+    manifest or an output folder. A run may work on the folder meanwhile.
+
+    Example: firered-batch review outputs/demo --reviewer alice
+    """
+    try:
+        name = check_reviewer(reviewer or default_reviewer())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--reviewer") from None
+    job, ledger = open_target(target, output)
+    ledger.close()
+    about = ReviewJob(job.name, job.price, job.endpoint)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(job.output, name, host, port, allow_remote, about))
+    except OSError as exc:
+        why = _bind_error(exc, host, port)
+        if why is None:
+            raise
+        click.echo(why, err=True)
+        sys.exit(ExitCode.INVALID)
+
+
+async def _serve(
+    output: Path, reviewer: str, host: str, port: int, allow_remote: bool, job: ReviewJob
+) -> None:
+    server = review_server(
+        output,
+        token=new_token(),
+        reviewer=reviewer,
+        host=host,
+        port=port,
+        allow_remote=allow_remote,
+        job=job,
+    )
+    async with server as served:
+        click.echo(f"Reviewing {output} as {reviewer}: open {served.url}")
+        click.echo("Ctrl-C stops (report.html is written again with the decisions).")
+        await asyncio.Event().wait()
+
+
+def _bind_error(exc: OSError, host: str, port: int) -> str | None:
+    """What a failure to listen on `host`:`port` means to the user (None: not that)."""
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is in use; choose another with --port"
+    if exc.errno == errno.EACCES:
+        return f"port {port}: not allowed (ports below 1024 need privileges); choose another"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"--host {host}: not an address of this machine"
+    return None
