@@ -9,14 +9,18 @@ import errno
 import getpass
 import sys
 from pathlib import Path
+from typing import Literal
 
 import click
 
 from batch.cli.targets import open_target
 from batch.errors import ExitCode
+from batch.ledger import Ledger
 from batch.ledger.reviews import check_reviewer
+from batch.report import write_report
 from batch.report.review import ReviewJob, new_token, review_server
 
+Verdict = Literal["approved", "rejected"]
 TARGET = click.Path(exists=True)  # a job file, a manifest, or an output folder
 
 
@@ -47,6 +51,14 @@ def default_reviewer() -> str:
     is_flag=True,
     help="Allow a --host other machines can reach (the token then travels over plain http).",
 )
+@click.option(
+    "--approve",
+    multiple=True,
+    metavar="KEY[:N]",
+    help="Approve an item's output images (or output N) and exit, without the page; repeat it.",
+)
+@click.option("--reject", multiple=True, metavar="KEY[:N]", help="Likewise, reject.")
+@click.option("--note", help="With --approve/--reject: the note recorded with the decisions.")
 def review(
     target: str,
     output: str | None,
@@ -54,6 +66,9 @@ def review(
     host: str,
     port: int,
     allow_remote: bool,
+    approve: tuple[str, ...],
+    reject: tuple[str, ...],
+    note: str | None,
 ) -> None:
     """Review a job's output images in the browser: approve, reject or note each one.
 
@@ -69,7 +84,22 @@ def review(
         name = check_reviewer(reviewer or default_reviewer())
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--reviewer") from None
+    if note is not None and not (approve or reject):
+        raise click.UsageError("--note goes with --approve or --reject")
     job, ledger = open_target(target, output)
+    if approve or reject:
+        with ledger:
+            asked: list[tuple[Verdict, tuple[str, ...]]] = [
+                ("approved", approve),
+                ("rejected", reject),
+            ]
+            for decision, refs in asked:
+                for ref in refs:
+                    for key, index in _outputs(ledger, ref):
+                        ledger.reviews.decide(key, index, decision, note, reviewer=name)
+                        click.echo(f"{decision} {key} output {index + 1}")
+        write_report(job.output, title=job.name, price=job.price, endpoint=job.endpoint)
+        return
     ledger.close()
     about = ReviewJob(job.name, job.price, job.endpoint)
     try:
@@ -81,6 +111,20 @@ def review(
             raise
         click.echo(why, err=True)
         sys.exit(ExitCode.INVALID)
+
+
+def _outputs(ledger: Ledger, ref: str) -> list[tuple[str, int]]:
+    """KEY (every output image of the item) or KEY:N (output N, counted from 1)."""
+    key, _, number = ref.rpartition(":") if ref.rpartition(":")[2].isdigit() else (ref, "", "")
+    outputs = ledger.outputs(key)
+    if not outputs:
+        raise click.BadParameter(f"{key!r}: no completed item with outputs", param_hint="KEY")
+    if not number:
+        return [(key, o.index) for o in outputs]
+    if not 1 <= int(number) <= len(outputs):
+        why = f"{key!r} has {len(outputs)} output images, not {number}"
+        raise click.BadParameter(why, param_hint="KEY:N")
+    return [(key, int(number) - 1)]
 
 
 async def _serve(

@@ -132,6 +132,16 @@ class LedgerReads:
             ).fetchall()
         return {str(state): int(n) for state, n in rows}
 
+    def redos_to_do(self) -> int:
+        """Redos of rejected items (`retry --rejected`) still to be done: the manifest does not
+        list them, so a plan does not count them."""
+        with self._lock:
+            (n,) = self._conn.execute(
+                "SELECT count(*) FROM items WHERE redo_of IS NOT NULL"
+                " AND state IN ('pending', 'submitted')"
+            ).fetchone()
+        return int(n)
+
     def in_flight_count(self) -> int:
         """Items fal may hold: submitted, or with a submit on its way."""
         with self._lock:

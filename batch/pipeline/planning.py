@@ -105,7 +105,7 @@ def plan_run(spec: JobSpec, ledger: Ledger, *, redo_changed: bool = False) -> Pl
     }
     ledger.set_meta(PLAN_COUNTS, json.dumps(counts))
     ledger.set_meta(FINGERPRINT, fingerprint if scanned.local_images == 0 else None)
-    return Planned(counts, plan.to_do, warnings=warnings)
+    return Planned(counts, plan.to_do + ledger.redos_to_do(), warnings=warnings)
 
 
 def _changed_lines(plan: PlanResult) -> list[str]:
