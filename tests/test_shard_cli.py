@@ -113,3 +113,22 @@ def test_a_ledger_keeps_its_account_while_its_requests_are_in_flight(tmp_path):
         with pytest.raises(JobError, match="in flight on account 'team-b'"):
             use_account(ledger, "team-a")
         assert ledger.get_meta("account") == "team-b"
+
+
+async def test_a_split_manifest_runs_one_file_per_shard_into_one_root(job):
+    code, out, err = await run_cli("split", str(job / "job.yaml"), "--shards", "2", cwd=job)
+    assert code == 0, err
+    files = sorted(job.glob("m.shard-*.csv"))
+    assert [f.name for f in files] == ["m.shard-00000-of-00002.csv", "m.shard-00001-of-00002.csv"]
+    counts = [int(line.rsplit(": ", 1)[1].split()[0]) for line in out.splitlines()]
+    assert sum(counts) == N
+    root = job / "root"
+    for index, manifest in enumerate(files):
+        code, _, err = await run_cli(
+            "run", str(manifest), "--queue-url", "local", "--shard", f"{index}/2",
+            "--output", str(root), cwd=job,
+        )  # fmt: skip
+        assert code == 0, err
+    code, out, err = await run_cli("merge", str(root), "--json")
+    assert code == 0, err
+    assert json.loads(out)["items"] == N
