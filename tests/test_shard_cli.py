@@ -50,6 +50,8 @@ async def test_two_shards_run_apart_and_merge_into_one_ledger(job):
         paths = [p for (p,) in conn.execute("SELECT path FROM outputs")]
     assert all((root / "merged" / p).is_file() for p in paths)  # ../shards/…/images/…
     assert (root / "merged" / "report.html").is_file()
+    code, out, err = await run_cli("report", str(root))
+    assert code == 0 and out.strip() == f"{root / 'merged'}/report.html", err
 
     code, out, err = await run_cli(
         "run", str(job / "job.yaml"), "--shard", "1/3", "--output", str(root), cwd=job

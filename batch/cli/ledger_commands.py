@@ -5,6 +5,7 @@ Each takes TARGET: a job file, a manifest, or an output folder (`batch.cli.targe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from batch.ledger.salvage import salvage
 from batch.manifest import check_fields
 from batch.outputs import run_lock
 from batch.outputs.dataset import FORMATS as DATASET_FORMATS
-from batch.pipeline.shards import is_job_root
+from batch.pipeline.shards import is_job_root, merge_job
 from batch.report import job_status, report_for, write_report
 from batch.report.status import pilot_lines, review_lines
 
@@ -66,15 +67,22 @@ def status(target: str, output: str | None, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("target", type=TARGET)
+@click.argument("target")
 @OUTPUT
 def report(target: str, output: str | None) -> None:
     """Write the HTML contact sheet, <output>/report.html (every run writes it at its end).
 
     Each item's input and output thumbnails side by side, with prompt, seed, state, latency
-    and errors; filters, search, a latency histogram. Works offline.
+    and errors; filters, search, a latency histogram. Works offline. For a sharded job's root
+    (a folder or an object store URL): the report of every shard, ROOT/merged/report.html.
     Example: firered-batch report jobs/demo.yaml
     """
+    if is_job_root(target):
+        merged = asyncio.run(merge_job(target))
+        click.echo(f"{merged.where}/report.html")
+        return
+    if not Path(target).exists():
+        raise click.BadParameter(f"'{target}' does not exist", param_hint="'TARGET'")
     job, ledger = open_target(target, output)
     ledger.close()
     if job.spec is not None:
