@@ -106,3 +106,42 @@ async def test_the_approved_outputs_export_as_a_dataset(reviewed, fmt):
         (part,) = dest.glob("*.parquet")
         table = pq.read_table(part)
         assert table.num_rows == 1 and table.column("key").to_pylist() == ["item000"]
+
+
+def _ledger_with(path, keys):
+    ledger = Ledger.open(path)
+    with ledger.group() as conn:
+        conn.executemany(
+            "INSERT INTO items (key, source, endpoint, request, request_hash, state, attempts,"
+            " created_at, updated_at, in_manifest) VALUES (?, 'm:1', 'e', '{\"prompt\":\"p\"}',"
+            " 'h', 'completed', 1, 0, 0, 1)",
+            [(k,) for k in keys],
+        )
+    return ledger
+
+
+def test_redo_names_follow_the_original_whatever_its_key(tmp_path):
+    from batch.ledger.redo import Change, redo_rejected
+
+    with _ledger_with(tmp_path, ["a", "a~redo²", "shot~redo-final"]) as ledger:
+        with ledger.group() as conn:
+            made = redo_rejected(conn, ["a", "shot~redo-final"], Change())
+        assert made == [("a~redo1", "a"), ("shot~redo-final~redo1", "shot~redo-final")]
+        with ledger.group() as conn:  # a rejected redo is redone in its turn, once
+            assert redo_rejected(conn, ["a~redo1", "a"], Change()) == [("a~redo2", "a~redo1")]
+
+
+def test_many_rejected_items_are_redone_by_index_not_by_scans(tmp_path):
+    from batch.ledger.redo import Change, redo_rejected
+
+    keys = [f"item{i:05d}" for i in range(3000)]
+    with _ledger_with(tmp_path, keys) as ledger:
+        with ledger.group() as conn:
+            assert len(redo_rejected(conn, keys, Change())) == 3000
+            plan = " ".join(
+                str(row[-1])
+                for row in conn.execute(
+                    "EXPLAIN QUERY PLAN SELECT 1 FROM items WHERE redo_of = 'x'"
+                )
+            )
+    assert "items_redo_of" in plan

@@ -239,3 +239,9 @@ def m009_pilot_and_redo(conn: sqlite3.Connection) -> None:
     rejected item this one redoes (`retry --rejected`), whose outputs stay as they are."""
     conn.execute("ALTER TABLE items ADD COLUMN pilot INTEGER NOT NULL DEFAULT 0")
     conn.execute("ALTER TABLE items ADD COLUMN redo_of TEXT")
+
+
+@migration
+def m010_redo_index(conn: sqlite3.Connection) -> None:
+    """Redos are looked up by the item they redo (`retry --rejected`, the report)."""
+    conn.execute("CREATE INDEX items_redo_of ON items (redo_of) WHERE redo_of IS NOT NULL")

@@ -62,7 +62,7 @@ def redo_rejected(
         if row is None:
             continue
         source, endpoint, request = row
-        base = key.split("~redo", 1)[0]
+        base = _original(conn, key)
         n = _next_number(conn, base)
         payload = Change.apply(change, json.loads(request), base, n)
         text = canonical_json(payload)
@@ -82,8 +82,22 @@ def _redone(conn: sqlite3.Connection, key: str) -> bool:
     )
 
 
+def _original(conn: sqlite3.Connection, key: str) -> str:
+    """The item a chain of redos started from (`key` itself when it is no redo)."""
+    seen = {key}
+    while row := conn.execute("SELECT redo_of FROM items WHERE key = ?", (key,)).fetchone():
+        if row[0] is None or row[0] in seen:
+            break
+        key = row[0]
+        seen.add(key)
+    return key
+
+
 def _next_number(conn: sqlite3.Connection, base: str) -> int:
-    like = base.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "~redo%"
-    rows = conn.execute("SELECT key FROM items WHERE key LIKE ? ESCAPE '\\'", (like,)).fetchall()
-    numbers = [int(k[len(base) + 5 :]) for (k,) in rows if k[len(base) + 5 :].isdigit()]
-    return max(numbers, default=0) + 1
+    """One more than the highest ``<base>~redo<n>`` there is (a range of the key index)."""
+    prefix = f"{base}~redo"
+    rows = conn.execute(
+        "SELECT key FROM items WHERE key > ? AND key < ?", (prefix, f"{base}~redp")
+    ).fetchall()
+    tails = (key[len(prefix) :] for (key,) in rows)
+    return max((int(t) for t in tails if t.isascii() and t.isdigit()), default=0) + 1

@@ -9,6 +9,7 @@ the output folder's lock.
                   (NotWritableError, exit 2), from the OSError that says so
     presence.py   a folder with an earlier run's outputs but no ledger: refused (run_lock)
     aside.py      an output folder's files moved aside for a deliberate fresh start
+    dataset/      accepted outputs as a dataset: folder (imagefolder), jsonl, parquet, webdataset
 
 It imports only `batch.crashpoints` and `batch.errors` of the package: the ledger records what
 it writes, never the other way round.
