@@ -135,13 +135,10 @@ def test_many_rejected_items_are_redone_by_index_not_by_scans(tmp_path):
     from batch.ledger.redo import Change, redo_rejected
 
     keys = [f"item{i:05d}" for i in range(3000)]
-    with _ledger_with(tmp_path, keys) as ledger:
-        with ledger.group() as conn:
-            assert len(redo_rejected(conn, keys, Change())) == 3000
-            plan = " ".join(
-                str(row[-1])
-                for row in conn.execute(
-                    "EXPLAIN QUERY PLAN SELECT 1 FROM items WHERE redo_of = 'x'"
-                )
-            )
+    with _ledger_with(tmp_path, keys) as ledger, ledger.group() as conn:
+        assert len(redo_rejected(conn, keys, Change())) == 3000
+        plan = " ".join(
+            str(row[-1])
+            for row in conn.execute("EXPLAIN QUERY PLAN SELECT 1 FROM items WHERE redo_of = 'x'")
+        )
     assert "items_redo_of" in plan

@@ -10,6 +10,7 @@ In webhook mode the wait is `WebhookWaits.wait` (webhook_wait.py), with polling 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -18,6 +19,7 @@ from batch.fal import Completed, InProgress, QueueClient, Queued, RequestHandle,
 from batch.fal.errors import TransientError
 from batch.pipeline.admission import make_throttler
 from batch.pipeline.policy import RetryPolicy, retrying
+from batch.pipeline.race import first_of
 
 MIN_INTERVAL = 0.05
 MAX_INTERVAL = 5.0
@@ -146,6 +148,7 @@ class Waiter:
         # `MAX_COLD_WAIT`. A cold start of thousands of requests then costs few polls.
         self._scouts: set[str] = set()
         self._learned = asyncio.Event()
+        self._vacancy = asyncio.Event()  # set when a scout ends having learned nothing
         # A global cap on status requests, a safety valve well above what polling needs.
         self._budget = make_throttler(status_rate or max(100.0, 10.0 * slots))
         self._count = on_status_request
@@ -198,14 +201,10 @@ class Waiter:
         began = time.monotonic()
         try:
             if fresh:
-                if self.service.samples and self.eager and not handle.queue_position:
-                    await asyncio.sleep(eager_poll(self.service, 0.0))
-                elif self.service.samples or self._scout(handle):
-                    await asyncio.sleep(first_poll(self.service, handle.queue_position, self.slots))
-                else:
-                    await self._cold_wait(handle, began)
+                await self._first_wait(handle, began)
             first = time.monotonic()
             started: float | None = None
+            streamed = False  # with nothing queued ahead (`eager`): followed on the stream
             while True:
                 status = await self._status(handle)
                 if isinstance(status, Completed):
@@ -217,7 +216,13 @@ class Waiter:
                     started = now
                 elif isinstance(status, Queued):
                     started = None  # fal retries requests itself: a running one may queue again
-                if self.service.samples and self.eager and isinstance(status, InProgress):
+                tail = self.service.samples and self.eager and isinstance(status, InProgress)
+                if tail and self.mode == "poll" and not streamed:  # its last stretch: the stream
+                    streamed = True
+                    await asyncio.sleep(max(0.0, tail_start(self.service) - (now - began)))
+                    with contextlib.suppress(TransientError):
+                        return await self._stream(handle)
+                elif tail:
                     await asyncio.sleep(eager_poll(self.service, now - began))
                 elif self.service.samples:
                     running_for = now - started if started is not None else 0.0
@@ -228,7 +233,25 @@ class Waiter:
                 else:
                     await self._cold_wait(handle, began)
         finally:
+            self._leave(handle)
+
+    async def _first_wait(self, handle: RequestHandle, began: float) -> None:
+        """Before the first status request of a request just submitted."""
+        if self.service.samples and self.eager and not handle.queue_position:
+            await asyncio.sleep(eager_poll(self.service, 0.0))
+        elif self.service.samples or self._scout(handle):
+            await asyncio.sleep(first_poll(self.service, handle.queue_position, self.slots))
+        else:
+            await self._cold_wait(handle, began)
+
+    def _leave(self, handle: RequestHandle) -> None:
+        """A wait is over; a scout that taught nothing (its request failed) makes room for
+        another, woken from `_cold_wait`."""
+        if handle.request_id in self._scouts:
             self._scouts.discard(handle.request_id)
+            if not self._learned.is_set():
+                self._vacancy.set()
+                self._vacancy = asyncio.Event()
 
     def _scout(self, handle: RequestHandle) -> bool:
         """Whether this request polls closely while no service time is known: the first few."""
@@ -242,11 +265,14 @@ class Waiter:
     async def _cold_wait(self, handle: RequestHandle, began: float) -> None:
         """Wait until a scout learns a service time (at most `MAX_COLD_WAIT`), then until this
         request is likely done, counted from when its wait began."""
-        if not self._learned.is_set():
-            try:
-                async with asyncio.timeout(MAX_COLD_WAIT):
-                    await self._learned.wait()
-            except TimeoutError:
+        deadline = time.monotonic() + MAX_COLD_WAIT
+        while not self._learned.is_set():
+            if self._scout(handle):
+                return  # a scout ended without a service time (it failed): this one asks
+            left = deadline - time.monotonic()
+            if left <= 0 or not await first_of(
+                self._learned.wait(), self._vacancy.wait(), timeout=left
+            ):
                 return
         likely = self.service.estimate + self.service.spread
         ahead = (handle.queue_position or 0) / max(self.slots, 1) * self.service.estimate

@@ -4,6 +4,10 @@ never timed."""
 
 from __future__ import annotations
 
+import asyncio
+
+from support import free_port, item_rows, write_csv
+
 from batch.errors import ExitCode
 from batch.sim import FaultPlan, FaultRule
 
@@ -93,3 +97,23 @@ def test_polls_of_a_request_with_nothing_ahead_hand_over_before_its_likely_end()
     assert tail_start(service) == 1.2
     service.spread = 3.0
     assert tail_start(service) == 0.0  # a wide spread: follow it from the start
+
+
+async def test_when_the_scouts_fail_others_take_their_place_at_once(runner, monkeypatch):
+    """The first requests polled closely (the scouts) all fail, so they teach no service time:
+    others become scouts at once instead of waiting out MAX_COLD_WAIT (made an hour here: the
+    run would hang without the hand-over; the bound below only guards against that)."""
+    import batch.pipeline.waiting as waiting
+
+    monkeypatch.setattr(waiting, "MAX_COLD_WAIT", 3600.0)
+    broken = [  # first in key order, so sent first: an input fal cannot fetch
+        {"id": f"a{i}", "prompt": "x", "image_urls": f"http://127.0.0.1:{free_port()}/x.png"}
+        for i in range(3)
+    ]
+    manifest = runner.tmp / "m.csv"
+    write_csv(manifest, broken + item_rows(9))
+    sim = await runner.start(capacity=12, latency="fixed:0.2")
+    spec = runner.spec(manifest, concurrency=12, wait="poll")
+    summary = await asyncio.wait_for(runner.run(spec), timeout=120)
+    assert summary.counts == {"pending": 0, "submitted": 0, "completed": 9, "failed": 3}
+    assert sim.counters.requests_for("status") / 12 <= 4
