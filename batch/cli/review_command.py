@@ -87,6 +87,7 @@ def review(
     if note is not None and not (approve or reject):
         raise click.UsageError("--note goes with --approve or --reject")
     job, ledger = open_target(target, output)
+    compared = tuple(job.spec.endpoints) if job.spec is not None else ()
     if approve or reject:
         with ledger:
             asked: list[tuple[Verdict, tuple[str, ...]]] = [
@@ -98,10 +99,12 @@ def review(
                     for key, index in _outputs(ledger, ref):
                         ledger.reviews.decide(key, index, decision, note, reviewer=name)
                         click.echo(f"{decision} {key} output {index + 1}")
-        write_report(job.output, title=job.name, price=job.price, endpoint=job.endpoint)
+        write_report(
+            job.output, title=job.name, price=job.price, endpoint=job.endpoint, endpoints=compared
+        )
         return
     ledger.close()
-    about = ReviewJob(job.name, job.price, job.endpoint)
+    about = ReviewJob(job.name, job.price, job.endpoint, compared)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(job.output, name, host, port, allow_remote, about))

@@ -36,6 +36,10 @@ async def resolve_price(
 ) -> PriceSpec | None:
     """The job's price, else a kept one younger than a day, else fal's pricing API's answer
     (kept for the next run). None when fal cannot say; the run goes on without a cost."""
+    if platform_url is not None:  # a comparison: each model's own price, for the report
+        platform = PlatformClient(client.session, client.credentials, base_url=platform_url)
+        for other in spec.endpoints[1:]:
+            await _keep_fals(platform, ledger, other)
     price = spec.price or cached_price(ledger, spec.endpoint, max_age=MAX_AGE_S)
     if price is not None:
         return price
@@ -59,3 +63,17 @@ async def resolve_price(
         return None
     keep_price(ledger, spec.endpoint, price)
     return price
+
+
+async def _keep_fals(platform: PlatformClient, ledger: Ledger, endpoint: str) -> None:
+    """Keep fal's price of `endpoint` (unless one younger than a day is kept); quietly none."""
+    if cached_price(ledger, endpoint, max_age=MAX_AGE_S) is not None:
+        return
+    try:
+        answer = await platform.pricing(endpoint)
+    except FalError as exc:
+        log.info("no price for %s from fal's pricing API: %s", endpoint, exc)
+        return
+    price = price_from(answer.unit_price, answer.unit, answer.currency)
+    if price is not None:
+        keep_price(ledger, endpoint, price)

@@ -2,6 +2,7 @@
 
     sheet.py       report.html from the ledger (thumbnails made in threads)
     page.py        the page around the records; its CSS and JS are package data (assets/)
+    compare.py     a comparison of endpoints: the Compare view's columns, costs and totals
     thumbnails.py  input and output thumbnails
     status.py      `firered-batch status`: counts, failures, the latest run, spend
 

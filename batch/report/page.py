@@ -19,6 +19,16 @@ to review) and filters; <body data-reviews> is ``none`` (nothing reviewed yet: t
 are hidden), ``some``, or ``live`` (the review server's page). The script exposes
 ``window.fireredReport`` (its data, view, `render`, `refresh` of one card, and `cardHooks` run on
 each card it makes), through which the review server's `PageExtras` script adds its controls.
+
+Pilots and redos: ``pl`` the item was in a pilot's sample (a badge, the Pilot filter), ``ro`` the
+key of the rejected item it redoes; the script puts each redo right after its original (a "redo
+of" badge), and the original's card shows a "redone as" strip with the redo's output.
+
+A comparison (a ledger with several endpoints, `batch.report.compare`) adds ``en``, ``b`` and
+``c`` to the records and embeds its totals as ``compare-data``; ``assets/compare.js`` then offers
+the Compare view (``#view=compare``): one row per input, one column per endpoint, a page of
+`COMPARE_PER_PAGE` rows at a time. Its cells are cards too (``article.card``, with the same
+`cardHooks`), so the review server's keys and buttons work there as on the contact sheet.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from importlib.resources import files
 from typing import Any
 
 PER_PAGE = 100
+COMPARE_PER_PAGE = 50  # rows of the Compare view: each has a card per endpoint
 BINS = 24
 
 _ASSETS = files("batch.report") / "assets"
@@ -39,12 +50,14 @@ _ASSETS = files("batch.report") / "assets"
 
 @cache
 def _assets() -> tuple[str, str, str]:
-    """The page template, its CSS and its script (with `PER_PAGE` filled in), read once."""
-    page, css, script = (
+    """The page template, its CSS and its script (with `PER_PAGE` filled in), read once. The
+    Compare view's script comes first: it registers the view, which the report's script draws."""
+    page, css, compare_css, compare, script = (
         (_ASSETS / name).read_text(encoding="utf-8")
-        for name in ("report.html", "report.css", "report.js")
+        for name in ("report.html", "report.css", "compare.css", "compare.js", "report.js")
     )
-    return page, css, script.replace("__PER_PAGE__", str(PER_PAGE), 1)
+    compare = compare.replace("__COMPARE_PER_PAGE__", str(COMPARE_PER_PAGE), 1)
+    return page, css + compare_css, compare + script.replace("__PER_PAGE__", str(PER_PAGE), 1)
 
 
 CSP = (
@@ -72,6 +85,8 @@ _TILES = (
     "submitted",
     "recovered",  # lost submit answers found in fal's history
     "resubmitted",  # lost submit answers sent again
+    "pilot",  # items of a pilot's sample (run --sample)
+    "redos",  # redos of rejected items (retry --rejected)
 )
 
 
@@ -83,9 +98,11 @@ def render_page(
     histogram: str,
     items_json: str,
     extras: PageExtras | None = None,
+    compare_json: str | None = None,
 ) -> str:
-    """The whole document. `items_json` must already be safe inside <script> (no ``<``).
-    ``summary["review"]``: output images by review (`ReviewCounts.as_dict`), if known."""
+    """The whole document. `items_json` and `compare_json` (`Compared.json`; None: no
+    comparison) must already be safe inside <script> (no ``<``). ``summary["review"]``: output
+    images by review (`ReviewCounts.as_dict`), if known."""
     tiles = "\n".join(
         _tile(name, name, summary.get(name, 0))
         for name in _TILES
@@ -106,6 +123,8 @@ def render_page(
     return page % {
         "csp": CSP + ("; connect-src 'self'" if extras else ""),
         "reviews": reviews,
+        "pilot": "some" if summary.get("pilot") else "none",
+        "redos": "some" if summary.get("redos") else "none",
         "title": html.escape(title),
         "generated": html.escape(generated),
         "total": int(summary.get("total", 0)),
@@ -114,6 +133,11 @@ def render_page(
         "cost": f'<p class="cost" id="cost">Cost: {html.escape(cost)}</p>' if cost else "",
         "css": css,
         "items": items_json,
+        "compare": (
+            ""
+            if compare_json is None
+            else f'<script type="application/json" id="compare-data">{compare_json}</script>'
+        ),
         "script": script,
     }
 
@@ -134,7 +158,7 @@ def histogram_svg(values: Sequence[float], *, width: int = 440, height: int = 12
             "</text></svg>"
         )
     ordered = sorted(values)
-    median, p95 = _quantile(ordered, 0.5), _quantile(ordered, 0.95)
+    median, p95 = quantile(ordered, 0.5), quantile(ordered, 0.95)
     top = ordered[-1] if ordered[-1] > 0 else 1.0
     step = top / BINS
     counts = [0] * BINS
@@ -162,6 +186,6 @@ def histogram_svg(values: Sequence[float], *, width: int = 440, height: int = 12
     )
 
 
-def _quantile(ordered: Sequence[float], q: float) -> float:
+def quantile(ordered: Sequence[float], q: float) -> float:
     index = max(0, math.ceil(q * len(ordered)) - 1)
     return ordered[index]

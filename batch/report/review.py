@@ -101,11 +101,13 @@ def _asset(name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ReviewJob:
-    """What the page says of the job: its name (default: the folder's), price and endpoint."""
+    """What the page says of the job: its name (default: the folder's), price and endpoint, and
+    a comparison's endpoints in the job's order (the Compare view's columns)."""
 
     title: str | None = None
     price: PriceSpec | None = None
     endpoint: str | None = None
+    endpoints: tuple[str, ...] = ()
 
 
 class _Review:
@@ -119,11 +121,8 @@ class _Review:
         self.token = token
         self.cookie = "firered_review_" + hashlib.sha256(token.encode()).hexdigest()[:12]
         self.reviewer = reviewer
-        self.job: dict[str, Any] = {
-            "title": job.title or self.root.name,
-            "price": job.price,
-            "endpoint": job.endpoint,
-        }
+        self.job: dict[str, Any] = {"title": job.title or self.root.name, "price": job.price}
+        self.job.update(endpoint=job.endpoint, endpoints=job.endpoints)
         self.remote = remote
         self.render_lock = asyncio.Lock()  # one page or report at a time (shared thumbnails)
         self._dirty = False

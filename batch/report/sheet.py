@@ -11,6 +11,9 @@ client-side pagination — the items are embedded as JSON, so 10,000 items stay 
 People's reviews of the outputs (`batch.ledger.reviews`: approved, rejected, a note) show as
 badges, counts and filters, read-only; `firered-batch review` serves the same page with review
 controls (`render_report` with the review server's `PageExtras`, `batch.report.review`).
+A pilot's items (``run --sample``) carry a badge and a filter; a redo of a rejected item
+(``retry --rejected``) is shown right after it. A ledger with several endpoints (a comparison)
+adds the Compare view: one row per input, one column per endpoint (`batch.report.compare`).
 
 The ledger is read through its own connection, in one snapshot, streaming: a few hundred rows
 (with their request JSON) at a time; the page keeps a compact record per item. The file is
@@ -36,6 +39,7 @@ from batch.ledger.reviews import Decision, ReviewCounts, counts_in, decisions_in
 from batch.ledger.spend import JobSpend, spend_in
 from batch.manifest.pricing import PriceSpec, usd
 from batch.outputs.durable import atomic_writer
+from batch.report.compare import Compared
 from batch.report.page import PageExtras, histogram_svg, render_page
 from batch.report.thumbnails import Media, Thumbnailer, local_inputs
 
@@ -53,7 +57,7 @@ _SQL = """
     SELECT i.key, i.source, i.state, i.attempts, i.request, i.error_kind, i.error_message,
            i.seed, i.nsfw, i.timings, i.submitted_at, i.completed_at, i.possible_duplicate,
            o.path, o.width, o.height, o.bytes, i.error_type, i.billable_units, i.recovered,
-           o.idx
+           o.idx, i.endpoint, {pilot}, {redo_of}
     FROM items AS i LEFT JOIN outputs AS o ON o.item_key = i.key
     ORDER BY i.key, o.idx
 """
@@ -77,6 +81,9 @@ class Report:
     spend: JobSpend | None = None  # with a price: the job's spend, read in the page's snapshot
     reviews: ReviewCounts | None = None  # output images by review (None: a ledger before m008)
     review_event: int = 0  # the latest review event the page shows
+    pilot: int = 0  # items of a pilot's sample
+    redos: int = 0  # redos of rejected items
+    compare: Compared | None = None  # a ledger with several endpoints: their comparison
 
 
 @dataclass
@@ -106,10 +113,14 @@ def write_report(
     price: PriceSpec | None = None,
     endpoint: str | None = None,
     now: float | None = None,
+    endpoints: Sequence[str] = (),
 ) -> Report:
     """Write ``<output_dir>/report.html`` (and its thumbnails) from the ledger there. Without
-    `price`, the price a run kept for `endpoint` (fal's) is used, if any."""
-    report, page = render_report(output_dir, title=title, price=price, endpoint=endpoint, now=now)
+    `price`, the price a run kept for `endpoint` (fal's) is used, if any. `endpoints`: a
+    comparison's, in the job's order (the Compare view's columns)."""
+    report, page = render_report(
+        output_dir, title=title, price=price, endpoint=endpoint, now=now, endpoints=endpoints
+    )
     with atomic_writer(report.path, newline="\n") as fh:
         fh.write(page)
     return report
@@ -123,6 +134,7 @@ def render_report(
     endpoint: str | None = None,
     now: float | None = None,
     extras: PageExtras | None = None,
+    endpoints: Sequence[str] = (),
 ) -> tuple[Report, str]:
     """The report's page (its thumbnails made) and what it holds, without writing the page;
     `extras`: what the review server adds to it."""
@@ -136,6 +148,8 @@ def render_report(
         conn.execute("BEGIN")  # one snapshot for the whole page
         thumbs = Thumbnailer(output_dir, local_inputs(_local_files(conn)))
         reviews = _reviews(conn, report)
+        order = [*endpoints, endpoint] if endpoint else endpoints
+        report.compare = Compared.read(conn, order, price, endpoint)  # the job file's price
         records: list[str] = []
         for chunk in _chunks(_items(conn, thumbs, report, reviews), CHUNK):
             failed = thumbs.make()
@@ -154,13 +168,20 @@ def render_report(
         histogram=histogram_svg(report.latencies),
         items_json="[" + ",\n".join(records) + "]",
         extras=extras,
+        compare_json=None if report.compare is None else report.compare.json(),
     )
     return report, page
 
 
 def report_for(spec: JobSpec) -> Report:
     """`write_report` for a job: its output folder, name and price."""
-    return write_report(spec.output, title=spec.name, price=spec.price, endpoint=spec.endpoint)
+    return write_report(
+        spec.output,
+        title=spec.name,
+        price=spec.price,
+        endpoint=spec.endpoint,
+        endpoints=spec.endpoints,
+    )
 
 
 def _kept_price(conn: sqlite3.Connection, endpoint: str | None) -> PriceSpec | None:
@@ -235,7 +256,13 @@ def _items(
     report: Report,
     reviews: dict[tuple[str, int], Decision],
 ) -> Iterator[_Item]:
-    cursor = conn.execute(_SQL)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(items)")}
+    cursor = conn.execute(  # a ledger from before pilots and redos has neither column
+        _SQL.format(
+            pilot="i.pilot" if "pilot" in columns else "0",
+            redo_of="i.redo_of" if "redo_of" in columns else "NULL",
+        )
+    )
     rows = itertools.chain.from_iterable(iter(lambda: cursor.fetchmany(500), []))
     for key, group in itertools.groupby(rows, lambda r: r[0]):
         members = list(group)
@@ -250,6 +277,7 @@ def _item(members: Sequence[Sequence[Any]], thumbs: Thumbnailer, report: Report)
     (key, source, state, attempts, request, error_kind, error_message, seed, nsfw, timings,
      submitted_at, completed_at, duplicate) = members[0][:13]  # fmt: skip
     error_type, units, recovered = members[0][17:20]
+    endpoint, pilot, redo_of = members[0][21:24]
     payload = _loads(request)
     outputs = [m[13:17] for m in members if m[13] is not None]
     flagged = any(_loads(nsfw) or [])
@@ -285,11 +313,25 @@ def _item(members: Sequence[Sequence[Any]], thumbs: Thumbnailer, report: Report)
         record["d"] = True
     if recovered:
         record["r"] = True
+    _lineage(record, report, pilot, redo_of)
+    if report.compare is not None:
+        pixels = [(w or 0) * (h or 0) for _, w, h, _ in outputs] if state == "completed" else []
+        report.compare.add(record, endpoint, state, units, pixels)
     return _Item(
         record,
         [thumbs.input(url) for url in _input_urls(payload)],
         [thumbs.output(path, w, h, size) for path, w, h, size in outputs],
     )
+
+
+def _lineage(record: dict[str, Any], report: Report, pilot: Any, redo_of: str | None) -> None:
+    """``pl``: in a pilot's sample; ``ro``: the key of the rejected item this one redoes."""
+    if pilot:
+        record["pl"] = True
+        report.pilot += 1
+    if redo_of:
+        record["ro"] = redo_of
+        report.redos += 1
 
 
 def _input_urls(payload: Any) -> list[str]:
@@ -320,6 +362,7 @@ def _summary(report: Report) -> dict[str, Any]:
     counts = {s: report.counts.get(s, 0) for s in ("completed", "failed", "pending", "submitted")}
     summary: dict[str, Any] = {"total": report.items, **counts, "flagged": report.flagged}
     summary["recovered"], summary["resubmitted"] = report.recovered, report.resubmitted
+    summary["pilot"], summary["redos"] = report.pilot, report.redos
     if report.reviews is not None:
         summary["review"] = report.reviews.as_dict()
     if report.spend is not None:
@@ -328,6 +371,8 @@ def _summary(report: Report) -> dict[str, Any]:
         if spend.held:
             text += f" + {usd(spend.held)} in flight"
         summary["cost"] = f"{text} ({spend.basis()})"
+    if report.compare is not None:  # one price for every endpoint would be wrong
+        summary["cost"] = report.compare.cost_line()
     return summary
 
 

@@ -186,9 +186,13 @@ class Chromium:
         assert done.returncode == 0, done.stderr[-2000:]
         return done.stdout
 
-    async def dom(self, page: Path, fragment: str = "") -> Dom:
+    async def dom(self, page: Path, fragment: str = "", *, also: HTMLParser | None = None) -> Dom:
+        """The DOM after the page's script ran; `also`: another parser fed the same dump."""
         url = page.resolve().as_uri() + (f"#{fragment}" if fragment else "")
-        return parse_dom(await asyncio.to_thread(self._run, "--dump-dom", url))
+        text = await asyncio.to_thread(self._run, "--dump-dom", url)
+        if also is not None:
+            also.feed(text)
+        return parse_dom(text)
 
     async def screenshot(self, page: Path, dest: Path, size: str = "1400,1000") -> Path:
         url = page.resolve().as_uri()

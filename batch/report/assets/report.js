@@ -2,24 +2,54 @@
   'use strict';
   var DATA = JSON.parse(document.getElementById('report-data').textContent);
   var PER_PAGE = __PER_PAGE__;
+  // Views besides the contact sheet ('sheet'), registered before this script runs (compare.js):
+  // {label, perPage, noun, units(R, list) → rows, make(R, rows) → nodes, cell(R, it) → card}.
+  var VIEWS = window.fireredViews || {};
+  var redosOf = lineage(DATA); // original's key → its redo items, each right after it in DATA
   var FILTERS = {
     all: function () { return true; },
     completed: function (it) { return it.s === 'completed'; },
     failed: function (it) { return it.s === 'failed'; },
     flagged: function (it) { return it.f; },
     unfinished: function (it) { return it.s === 'pending' || it.s === 'submitted'; },
+    pilot: function (it) { return !!it.pl; },
+    redo: function (it) { return !!it.ro || !!redosOf[it.k]; },
     approved: function (it) { return reviewOf(it) === 'approved'; },
     rejected: function (it) { return reviewOf(it) === 'rejected'; },
     unreviewed: function (it) { return reviewOf(it) === 'unreviewed'; }
   };
   var cardHooks = [];
-  var view = {filter: 'all', q: '', page: 1};
+  var view = {view: 'sheet', filter: 'all', q: '', page: 1};
   var grid = document.getElementById('grid');
   var search = document.getElementById('search');
   var generation = 0;
 
+  // Each redo right after the item it redoes (a redo of a redo after that), in place.
+  function lineage(data) {
+    var byKey = {}, after = {}, any = false;
+    data.forEach(function (it) { byKey[it.k] = it; });
+    data.forEach(function (it) {
+      if (!it.ro || !byKey[it.ro] || it.ro === it.k) return;
+      (after[it.ro] = after[it.ro] || []).push(it);
+      any = true;
+    });
+    if (!any) return after;
+    var ordered = [], placed = {};
+    function put(it) {
+      if (placed[it.k]) return;
+      placed[it.k] = true;
+      ordered.push(it);
+      (after[it.k] || []).forEach(put);
+    }
+    data.forEach(function (it) { if (!it.ro || !byKey[it.ro]) put(it); });
+    data.forEach(put); // a cycle of redos (never made by the tool) still shows
+    for (var n = 0; n < ordered.length; n++) data[n] = ordered[n];
+    return after;
+  }
   function readHash() {
     var h = new URLSearchParams(location.hash.slice(1));
+    var v = h.get('view');
+    view.view = Object.prototype.hasOwnProperty.call(VIEWS, v) ? v : 'sheet';
     var f = h.get('filter');
     view.filter = Object.prototype.hasOwnProperty.call(FILTERS, f) ? f : 'all';
     view.q = h.get('q') || '';
@@ -28,6 +58,7 @@
   }
   function writeHash() {
     var h = new URLSearchParams();
+    if (view.view !== 'sheet') h.set('view', view.view);
     if (view.filter !== 'all') h.set('filter', view.filter);
     if (view.q) h.set('q', view.q);
     if (view.page > 1) h.set('page', String(view.page));
@@ -103,6 +134,7 @@
     if (it.f) head.appendChild(el('span', 'badge nsfw', 'NSFW'));
     if (it.d) head.appendChild(el('span', 'badge dup', 'possible duplicate'));
     if (it.r) head.appendChild(el('span', 'badge recovered', 'recovered from fal history'));
+    lineageBadges(head, c, it);
     var review = reviewOf(it);
     if (review === 'approved' || review === 'rejected') {
       head.appendChild(el('span', 'badge rv ' + review, review));
@@ -140,9 +172,66 @@
       if (it.et) error.appendChild(el('span', 'etype', ' (fal error type: ' + it.et + ')'));
       c.appendChild(error);
     }
+    redoStrip(c, it);
     notes(c, it);
     cardHooks.forEach(function (hook) { hook(c, it); });
     return c;
+  }
+  function lineageBadges(head, c, it) {
+    if (it.pl) head.appendChild(el('span', 'badge pilot', 'pilot'));
+    if (it.ro) {
+      c.classList.add('redo');
+      c.dataset.redoOf = it.ro;
+      var of = el('button', 'badge redo-of', 'redo of ' + it.ro);
+      of.type = 'button';
+      of.title = 'Show ' + it.ro;
+      of.addEventListener('click', function () { reveal(it.ro); });
+      head.appendChild(of);
+    }
+  }
+  // The original's "redone as" strip: each redo's key, state and first output, a click away.
+  function redoStrip(c, it) {
+    var redos = redosOf[it.k];
+    if (!redos) return;
+    c.dataset.redoneAs = redos.map(function (r) { return r.k; }).join(' ');
+    redos.forEach(function (r) {
+      var strip = el('button', 'redone');
+      strip.type = 'button';
+      strip.dataset.redo = r.k;
+      strip.title = 'Show ' + r.k;
+      strip.appendChild(el('span', 'redone-label', 'redone as ' + r.k + ' \u2192'));
+      strip.appendChild(el('span', 'badge ' + r.s, r.s));
+      var review = reviewOf(r);
+      if (review === 'approved' || review === 'rejected') {
+        strip.appendChild(el('span', 'badge rv ' + review, review));
+      }
+      if (r.o.length && r.o[0][0]) {
+        var img = el('img');
+        img.alt = 'output of ' + r.k;
+        img.decoding = 'async';
+        img.src = r.o[0][0];
+        strip.appendChild(img);
+      }
+      strip.addEventListener('click', function () { reveal(r.k); });
+      c.appendChild(strip);
+    });
+  }
+  // Bring an item's card into view: on this page, scroll to it; else search for it.
+  function reveal(key) {
+    var found = cardOf(key);
+    if (found) {
+      found.scrollIntoView({block: 'center'});
+      found.classList.remove('flash');
+      void found.offsetWidth; // restart the highlight
+      found.classList.add('flash');
+    } else {
+      go({filter: 'all', q: key, page: 1});
+    }
+  }
+  function cardOf(key) {
+    var cards = grid.querySelectorAll('article.card');
+    for (var n = 0; n < cards.length; n++) if (cards[n].dataset.key === key) return cards[n];
+    return null;
   }
   function matching() {
     var q = view.q.toLowerCase();
@@ -175,25 +264,36 @@
   }
   function render() {
     var list = matching();
-    var pages = Math.max(1, Math.ceil(list.length / PER_PAGE));
+    var mode = VIEWS[view.view] || null;
+    var units = mode ? mode.units(api, list) : list;
+    var per = mode ? mode.perPage : PER_PAGE;
+    var pages = Math.max(1, Math.ceil(units.length / per));
     view.page = Math.min(view.page, pages);
-    var start = (view.page - 1) * PER_PAGE;
-    var slice = list.slice(start, start + PER_PAGE);
+    var start = (view.page - 1) * per;
+    var slice = units.slice(start, start + per);
     generation++;
-    grid.replaceChildren.apply(grid, slice.map(card));
+    grid.className = mode ? 'grid view-' + view.view : 'grid';
+    grid.replaceChildren.apply(grid, mode ? mode.make(api, slice) : slice.map(card));
     if (!slice.length) grid.appendChild(el('p', 'empty', 'No items match.'));
     document.querySelectorAll('[data-filter]').forEach(function (b) {
       b.classList.toggle('active', b.dataset.filter === view.filter);
     });
-    var shown = list.length ? (start + 1) + '\u2013' + (start + slice.length) + ' of ' +
-      list.length : '0 of 0';
+    document.querySelectorAll('[data-view]').forEach(function (b) {
+      b.classList.toggle('active', b.dataset.view === view.view);
+      b.setAttribute('aria-pressed', b.dataset.view === view.view ? 'true' : 'false');
+    });
+    var noun = mode ? ' ' + mode.noun : '';
+    var shown = units.length ? (start + 1) + '\u2013' + (start + slice.length) + ' of ' +
+      units.length + noun : '0 of 0' + noun;
     document.getElementById('shown').textContent = shown;
     document.getElementById('page').textContent = 'page ' + view.page + ' of ' + pages;
     document.getElementById('prev').disabled = view.page <= 1;
     document.getElementById('next').disabled = view.page >= pages;
+    document.body.dataset.view = view.view;
     document.body.dataset.filter = view.filter;
-    document.body.dataset.matches = String(list.length);
-    document.body.dataset.cards = String(slice.length);
+    document.body.dataset.items = String(list.length);
+    document.body.dataset.matches = String(units.length);
+    document.body.dataset.cards = String(grid.querySelectorAll('article.card').length);
     watchThumbs(generation);
   }
   function go(changes) {
@@ -210,15 +310,28 @@
   }
   // One card made again from its record (a review changed), in place: the view stays.
   function refresh(key) {
+    var mode = VIEWS[view.view] || null;
     var cards = grid.querySelectorAll('article.card');
     for (var i = 0; i < cards.length; i++) {
       if (cards[i].dataset.key !== key) continue;
       var it = DATA.find(function (x) { return x.k === key; });
-      if (it) cards[i].replaceWith(card(it));
+      if (it) cards[i].replaceWith(mode ? mode.cell(api, it) : card(it));
     }
     countFilters();
   }
   countFilters();
+  var named = Object.keys(VIEWS);
+  if (named.length) {
+    document.getElementById('views').hidden = false;
+    named.forEach(function (name) {
+      var b = document.querySelector('[data-view="' + name + '"]');
+      if (b) b.textContent = VIEWS[name].label;
+    });
+  }
+  document.querySelectorAll('[data-view]').forEach(function (b) {
+    if (b.dataset.view !== 'sheet' && !VIEWS[b.dataset.view]) b.remove();
+    b.addEventListener('click', function () { go({view: b.dataset.view, page: 1}); });
+  });
   document.querySelectorAll('[data-filter]').forEach(function (b) {
     b.addEventListener('click', function () { go({filter: b.dataset.filter, page: 1}); });
   });
@@ -234,9 +347,12 @@
     go({page: view.page + 1});
   });
   window.addEventListener('hashchange', function () { readHash(); render(); });
-  window.fireredReport = {
+  var api = window.fireredReport = {
     data: DATA, view: view, grid: grid, render: render, go: go, refresh: refresh,
-    reviewOf: reviewOf, outputIndex: outputIndex, cardHooks: cardHooks
+    reviewOf: reviewOf, outputIndex: outputIndex, cardHooks: cardHooks,
+    // for the views (compare.js): the card's parts
+    el: el, media: media, columns: columns, reviewMark: reviewMark, notes: notes,
+    lineageBadges: lineageBadges, redosOf: redosOf, matches: FILTERS, reveal: reveal
   };
   readHash();
   render();
