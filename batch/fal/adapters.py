@@ -225,6 +225,10 @@ ADAPTERS: dict[str, Adapter] = {adapter.endpoint: adapter for adapter in _ADAPTE
 ADAPTED: frozenset[str] = frozenset(ADAPTERS)
 
 
+# The endpoints whose payload `adapt` changes: every adapted one but FireRed's own fields.
+RENAMED = ADAPTED - {"fal-ai/firered-image-edit"}
+
+
 def adapter_for(endpoint_id: str) -> Adapter | None:
     """The row for an endpoint id (slashes around it ignored), or None: pass-through."""
     return ADAPTERS.get(endpoint_id.strip().strip("/"))

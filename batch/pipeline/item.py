@@ -33,7 +33,7 @@ from batch.fal import (
     TlsError,
     TransientError,
 )
-from batch.fal.adapters import AdapterError, adapt
+from batch.fal.adapters import RENAMED, AdapterError, adapt
 from batch.ledger import InvalidTransitionError, ItemRow
 from batch.ledger.models import canonical_json
 from batch.outputs import DiskFullError
@@ -331,7 +331,7 @@ async def _payload(ctx: ItemContext, row: ItemRow) -> dict[str, Any]:
     """What is sent: the payload, local images uploaded, in its endpoint's fields (adapters)."""
     try:
         prepared = row.payload if ctx.uploads is None else await ctx.uploads.prepare(row.payload)
-        return adapt(row.endpoint, prepared)
+        return adapt(row.endpoint, prepared) if row.endpoint in RENAMED else prepared
     except (InputFileError, AdapterError) as exc:
         await fail(ctx, row, "input", str(exc))
     except AuthError:
