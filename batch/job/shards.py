@@ -199,7 +199,8 @@ def split_rows(
     reads it, one row at a time; each valid row goes, as the file has it (a CSV's header heads
     every shard), to the shard of its item's key. Duplicate rows are left out. Shard files are
     written in full, or not at all: an invalid manifest raises `ManifestError` and leaves none.
-    A shard may get no rows (then its file is a header alone, or empty), which a run refuses.
+    A split that would leave a shard without rows is refused (`ShardError`): a run refuses an
+    empty manifest.
 
     Local images are named relative to the manifest's folder, so a manifest that has some is
     split only into that folder (``out_dir`` None or the same).
@@ -226,6 +227,12 @@ def split_rows(
                 )
             raw = _record_at(records, int(item.source.rpartition(":")[2]), writer)
             writer.add(shard_of(item.key, count), raw)
+        if empty := [i for i, n in enumerate(writer.rows) if n == 0]:
+            # A run refuses an empty manifest (exit 2), which would fail a Kubernetes Job.
+            raise ShardError(
+                f"{display_path(path)}: {count} shards leave shard {empty[0]} (and"
+                f" {len(empty) - 1} more) without rows; split into fewer"
+            )
         writer.close()
     except BaseException:
         writer.discard()

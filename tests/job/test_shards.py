@@ -318,11 +318,10 @@ def test_split_streams_through_small_buffers(
     _check_split(manifest, 3, rows)
 
 
-def test_split_a_shard_without_rows_still_gets_its_file(tmp_path: Path) -> None:
+def test_a_split_that_leaves_a_shard_without_rows_is_refused(tmp_path: Path) -> None:
+    """A run refuses an empty manifest (exit 2), which would fail a whole Kubernetes Job."""
     manifest = tmp_path / "m.csv"
     manifest.write_text("id,prompt,image_urls\nonly,p,https://x.test/a.png\n")
-    rows = split_rows(manifest, 3)
-    assert sorted(rows) == [0, 0, 1]
-    for index, n in enumerate(rows):
-        text = shard_path(manifest, Shard(index, 3)).read_text()
-        assert text == "id,prompt,image_urls\n" + ("only,p,https://x.test/a.png\n" if n else "")
+    with pytest.raises(ShardError, match="without rows; split into fewer"):
+        split_rows(manifest, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]  # nothing written
