@@ -46,6 +46,11 @@ def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name.startswith(".tmp-")]
 
 
+def listed(folder: Path) -> list[str]:
+    """What an export holds, but its `.firered-export` marker."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ".firered-export")
+
+
 @pytest.fixture
 async def run_out(runner) -> Path:
     """The output folder of a finished run: keys `one` (a.png), `two.x` (a.png and b.png, two
@@ -179,7 +184,7 @@ async def test_jsonl_holds_paths_and_fields_and_copies_no_image(run_out: Path):
     to the dataset folder, the inputs as the request named them, every field."""
     summary = export(run_out, "jsonl")
     dest = run_out.parent / "ds-jsonl"
-    assert [p.name for p in dest.iterdir()] == ["train.jsonl"] and summary.files == 1
+    assert listed(dest) == ["train.jsonl"] and summary.files == 1
     rows = [json.loads(line) for line in (dest / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 4
     for row in rows:
@@ -219,7 +224,7 @@ async def test_parquet_rows_embed_the_images_as_datasets_image_structs(run_out: 
     pq = pytest.importorskip("pyarrow.parquet")
     monkeypatch.setattr(dataset_mod, "ROW_GROUP_ROWS", 3)
     summary = export(run_out, "parquet")
-    [path] = sorted((run_out.parent / "ds-parquet").iterdir())
+    [path] = [run_out.parent / "ds-parquet" / n for n in listed(run_out.parent / "ds-parquet")]
     assert path.name == "train-00000-of-00001.parquet" and summary.files == 1
     meta = pq.ParquetFile(path)
     assert meta.metadata.num_row_groups == 2  # 3 rows + 1
@@ -245,7 +250,7 @@ def test_parquet_files_split_at_shard_size_and_keep_remote_inputs_as_urls(tmp_pa
     pq = pytest.importorskip("pyarrow.parquet")
     records = hand_records(tmp_path, 5, inputs=(REMOTE,))
     summary = export_dataset(records, tmp_path / "ds", "parquet", shard_size=2)
-    names = sorted(p.name for p in (tmp_path / "ds").iterdir())
+    names = listed(tmp_path / "ds")
     assert names == [f"train-0000{i}-of-00003.parquet" for i in range(3)] and summary.files == 3
     tables = [pq.read_table(tmp_path / "ds" / name) for name in names]
     assert [t.num_rows for t in tables] == [2, 2, 1]
@@ -314,7 +319,7 @@ def test_webdataset_shards_hold_at_most_shard_size_samples(tmp_path: Path):
     summary = export_dataset(records, tmp_path / "ds", "webdataset", shard_size=2)
     shards = read_shards(tmp_path / "ds")
     assert [len(members) for members in shards] == [4, 4, 2] and summary.files == 3
-    assert [p.name for p in sorted((tmp_path / "ds").iterdir())] == [
+    assert listed(tmp_path / "ds") == [
         "shard-000000.tar",
         "shard-000001.tar",
         "shard-000002.tar",
@@ -413,15 +418,18 @@ def test_a_missing_output_fails_the_export_and_leaves_nothing(tmp_path: Path):
     assert not (tmp_path / "ds").exists() and leftovers(tmp_path) == []
 
 
-def test_an_existing_destination_is_kept_unless_overwritten(tmp_path: Path):
+def test_an_existing_destination_is_kept_unless_it_is_an_export_overwritten(tmp_path: Path):
     records = hand_records(tmp_path, 2)
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "mine.txt").write_text("keep")
     with pytest.raises(DatasetError, match="already exists"):
         export_dataset(records, tmp_path / "ds", "jsonl")
+    with pytest.raises(DatasetError, match="not an earlier export"):  # never a user's folder
+        export_dataset(records, tmp_path / "ds", "jsonl", overwrite=True)
     assert (tmp_path / "ds" / "mine.txt").read_text() == "keep"
-    export_dataset(records, tmp_path / "ds", "jsonl", overwrite=True)
-    assert [p.name for p in (tmp_path / "ds").iterdir()] == ["train.jsonl"]
+    export_dataset(records, tmp_path / "ex", "jsonl")
+    export_dataset(records, tmp_path / "ex", "jsonl", overwrite=True)  # an export: replaced
+    assert sorted(p.name for p in (tmp_path / "ex").iterdir()) == [".firered-export", "train.jsonl"]
     assert leftovers(tmp_path) == []
 
 

@@ -20,18 +20,26 @@ from batch.outputs.durable import fsync_dir, sync_files, temp_path
 
 # --- the folder that appears whole -----------------------------------------------------------
 
+MARKER = ".firered-export"  # in every export: what `--overwrite` may replace
+
 
 @contextmanager
 def staged(dest: Path, overwrite: bool) -> Iterator[Path]:
     """A temporary folder beside `dest`, renamed to `dest` when the block ends well (any old
     `dest` set aside and removed after), removed when it does not."""
-    if dest.exists() and not overwrite and not (dest.is_dir() and not any(dest.iterdir())):
-        raise DatasetError(f"{dest} already exists: choose another destination, or overwrite it")
+    if dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
+        if not overwrite:
+            why = "already exists: choose another destination, or overwrite it"
+            raise DatasetError(f"{dest} {why}")
+        if not (dest / MARKER).is_file():  # --overwrite never deletes anything else
+            why = "is not an earlier export (no .firered-export): not replaced"
+            raise DatasetError(f"{dest} {why}; choose another destination")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(dest)
     tmp.mkdir()
     try:
         yield tmp
+        (tmp / MARKER).write_text("written by firered-batch export; --overwrite replaces it\n")
         _sync_tree(tmp)
         old = temp_path(dest) if dest.exists() else None
         if old is not None:
