@@ -113,9 +113,9 @@ def _ledger_with(path, keys):
     with ledger.group() as conn:
         conn.executemany(
             "INSERT INTO items (key, source, endpoint, request, request_hash, state, attempts,"
-            " created_at, updated_at, in_manifest) VALUES (?, 'm:1', 'e', '{\"prompt\":\"p\"}',"
-            " 'h', 'completed', 1, 0, 0, 1)",
-            [(k,) for k in keys],
+            " created_at, updated_at, in_manifest) VALUES (?, 'm:1', 'e', ?, 'h', 'completed',"
+            " 1, 0, 0, 1)",
+            [(k, '{"image_urls":["https://x.test/a.png"],"prompt":"p"}') for k in keys],
         )
     return ledger
 
@@ -126,9 +126,14 @@ def test_redo_names_follow_the_original_whatever_its_key(tmp_path):
     with _ledger_with(tmp_path, ["a", "a~redo²", "shot~redo-final"]) as ledger:
         with ledger.group() as conn:
             made = redo_rejected(conn, ["a", "shot~redo-final"], Change())
-        assert made == [("a~redo1", "a"), ("shot~redo-final~redo1", "shot~redo-final")]
+        assert made == [
+            ("a~redo1", "a", False),
+            ("shot~redo-final~redo1", "shot~redo-final", False),
+        ]
         with ledger.group() as conn:  # a rejected redo is redone in its turn, once
-            assert redo_rejected(conn, ["a~redo1", "a"], Change()) == [("a~redo2", "a~redo1")]
+            assert redo_rejected(conn, ["a~redo1", "a"], Change()) == [
+                ("a~redo2", "a~redo1", False)
+            ]
 
 
 def test_many_rejected_items_are_redone_by_index_not_by_scans(tmp_path):
@@ -142,3 +147,50 @@ def test_many_rejected_items_are_redone_by_index_not_by_scans(tmp_path):
             for row in conn.execute("EXPLAIN QUERY PLAN SELECT 1 FROM items WHERE redo_of = 'x'")
         )
     assert "items_redo_of" in plan
+
+
+async def test_a_waiting_redo_takes_the_new_prompt_and_is_dropped_once_approved(reviewed):
+    tmp, out = reviewed
+    job = str(tmp / "job.yaml")
+    code, text, err = await run_cli("retry", job, "--rejected", "--prompt", "typo", cwd=tmp)
+    assert code == 0 and "item001~redo1: redo of item001" in text, err
+    code, text, err = await run_cli("retry", job, "--rejected", "--prompt", "fixed", cwd=tmp)
+    assert "item001~redo1: redo of item001 (its request changed)" in text
+    with Ledger.open(out) as ledger:
+        assert ledger.get("item001~redo1").payload["prompt"] == "fixed"
+    # too long once the suffix is added: refused, nothing changes
+    code, _, err = await run_cli("retry", job, "--rejected", "--prompt-suffix", "x" * 9999, cwd=tmp)
+    assert code == 2 and "redo of item001: prompt" in err
+    with Ledger.open(out) as ledger:
+        assert ledger.get("item001~redo1").payload["prompt"] == "fixed"
+        ledger.reviews.decide("item001", 0, "approved", reviewer="ann")  # changed her mind
+    code, text, err = await run_cli("run", job, cwd=tmp)
+    assert code == 0, err
+    with Ledger.open(out) as ledger:
+        assert ledger.get("item001~redo1") is None  # never sent, never paid for
+
+
+async def test_a_failed_redo_is_redone_again(reviewed):
+    tmp, out = reviewed
+    job = str(tmp / "job.yaml")
+    await run_cli("retry", job, "--rejected", cwd=tmp)
+    with Ledger.open(out) as ledger:
+        ledger.mark_failed("item001~redo1", "permanent", "bad request")
+    code, text, err = await run_cli("retry", job, "--rejected", "--new-seed", cwd=tmp)
+    assert code == 0 and "item001~redo2: redo of item001" in text, err
+
+
+async def test_review_by_key_takes_a_key_that_ends_in_a_number_as_it_is(tmp_path):
+    rows = [
+        {"id": "shot", "prompt": "a", "image_urls": item_rows(1)[0]["image_urls"]},
+        {"id": "shot:2", "prompt": "b", "image_urls": item_rows(1)[0]["image_urls"]},
+    ]
+    write_csv(tmp_path / "m.csv", rows)
+    (tmp_path / "job.yaml").write_text("manifest: m.csv\nqueue: local\n")
+    code, _, err = await run_cli("run", str(tmp_path / "job.yaml"), cwd=tmp_path)
+    assert code == 0, err
+    job = str(tmp_path / "job.yaml")
+    code, text, err = await run_cli("review", job, "--reject", "shot:2", cwd=tmp_path)
+    assert code == 0 and text.strip() == "rejected shot:2 output 1", err
+    code, text, err = await run_cli("review", job, "--approve", "shot:1", cwd=tmp_path)
+    assert code == 0 and text.strip() == "approved shot output 1", err

@@ -19,7 +19,7 @@ from batch.errors import ExitCode
 from batch.ledger.dataset import export_ledger_dataset
 from batch.ledger.doctor import diagnose
 from batch.ledger.prices import cached_price
-from batch.ledger.redo import Change, redo_rejected
+from batch.ledger.redo import Change, drop_unwanted, redo_rejected
 from batch.ledger.salvage import salvage
 from batch.manifest import check_fields
 from batch.outputs import run_lock
@@ -231,10 +231,15 @@ def _redo(target: str, output: str | None, kind: str | None, change: Change) -> 
                 raise click.BadParameter(why, param_hint=f"'{name}'")
     _job, ledger = open_target(target, output)
     with ledger, ledger.group() as conn:
-        made = redo_rejected(conn, ledger.reviews.rejected_items(), change)
-    for redo, original in made:
-        click.echo(f"{redo}: redo of {original}")
-    click.echo(f"{len(made)} rejected items will be redone by the next run (new items)")
+        rejected = ledger.reviews.rejected_items()
+        dropped = drop_unwanted(conn, set(rejected))
+        made = redo_rejected(conn, rejected, change)
+    for key in dropped:
+        click.echo(f"{key}: dropped (not sent yet, and its item is no longer rejected)")
+    for redo, original, changed in made:
+        click.echo(f"{redo}: redo of {original}" + (" (its request changed)" if changed else ""))
+    new = sum(1 for *_, changed in made if not changed)
+    click.echo(f"{new} rejected items will be redone by the next run (new items)")
 
 
 def _kinds(counts: dict[str, int]) -> str:

@@ -117,9 +117,14 @@ def review(
 
 
 def _outputs(ledger: Ledger, ref: str) -> list[tuple[str, int]]:
-    """KEY (every output image of the item) or KEY:N (output N, counted from 1)."""
-    key, _, number = ref.rpartition(":") if ref.rpartition(":")[2].isdigit() else (ref, "", "")
-    outputs = ledger.outputs(key)
+    """KEY (every output image of the item) or KEY:N (output N, counted from 1); a key that
+    itself ends in ``:N`` is the item of that key."""
+    key, number = ref, ""
+    outputs = ledger.outputs(ref)
+    head, _, tail = ref.rpartition(":")
+    if not outputs and head and tail.isascii() and tail.isdigit():
+        key, number = head, tail
+        outputs = ledger.outputs(key)
     if not outputs:
         raise click.BadParameter(f"{key!r}: no completed item with outputs", param_hint="KEY")
     if not number:

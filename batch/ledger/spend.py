@@ -188,14 +188,14 @@ _WORK_BASIS = """
                  OR json_extract(request, '$.image_urls[0]') GLOB 'local:*')
         THEN json_extract(request, '$.image_urls[0]') END,
         count(*)
-    FROM items WHERE state = 'pending' AND in_manifest = 1
+    FROM items WHERE state = 'pending' AND in_manifest = 1 AND (pilot = 1 OR ?1 = 0)
     GROUP BY 1, 2
 """
 
 
-def work_estimate(ledger: Ledger) -> Estimate:
+def work_estimate(ledger: Ledger, *, pilot: bool = False) -> Estimate:
     """Requests a run would send now: the pending items of the manifest (submitted ones are
-    already at fal and are re-attached, not sent again).
+    already at fal and are re-attached, not sent again); `pilot`: of a pilot's sample only.
 
     One aggregate query (SQLite's JSON functions read the requests; a million items take
     seconds, not the minute that decoding each row in Python takes), then `output_basis` once
@@ -205,11 +205,11 @@ def work_estimate(ledger: Ledger) -> Estimate:
     conn = sqlite3.connect(ledger.path, isolation_level=None)
     try:
         conn.execute("PRAGMA busy_timeout = 5000")
-        groups = conn.execute(_WORK_BASIS).fetchall()
+        groups = conn.execute(_WORK_BASIS, (int(pilot),)).fetchall()
     except sqlite3.OperationalError as exc:
         if not str(exc).startswith("no such function: json"):  # SQLite without JSON1
             raise
-        return work_estimate_by_rows(ledger)
+        return work_estimate_by_rows(ledger, pilot=pilot)
     finally:
         conn.close()
     estimate = Estimate()
@@ -220,11 +220,11 @@ def work_estimate(ledger: Ledger) -> Estimate:
     return estimate
 
 
-def work_estimate_by_rows(ledger: Ledger) -> Estimate:
+def work_estimate_by_rows(ledger: Ledger, *, pilot: bool = False) -> Estimate:
     """`work_estimate`, one row at a time in Python: each request decoded."""
     sizes = _known_sizes(ledger)
     estimate = Estimate()
-    for row in ledger.iter_work():
+    for row in ledger.iter_work(pilot=pilot):
         if row.state == "pending":
             estimate.add(*output_basis(row.payload, sizes.get))
     return estimate

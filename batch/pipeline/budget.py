@@ -113,10 +113,12 @@ def cost_lines(
     *,
     endpoint: str | None = None,
     dry_run: bool = False,
+    pilot: bool = False,
 ) -> list[str]:
-    """The run summary's lines about cost: what a dry run would send, and the job's spend."""
+    """The run summary's lines about cost: what a dry run would send (`pilot`: of a pilot's
+    sample), and the job's spend."""
     lines: list[str] = []
-    work = work_estimate(ledger) if dry_run else None
+    work = work_estimate(ledger, pilot=pilot) if dry_run else None
     if work is not None:
         lines.append(f"  to send: {work.text(price)}")
     if price is None:

@@ -17,17 +17,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 from batch.errors import InvalidInputError
-from batch.fal.adapters import AdapterError, adaptation
+from batch.fal.adapters import RENAMED, AdapterError, adaptation
 from batch.job import JobError, JobSpec
 from batch.job.shards import KEY_FUNCTION, parse_shard
 from batch.ledger import Ledger, PlanResult
+from batch.ledger.redo import drop_unwanted
 from batch.manifest import EditItem, ManifestCheck, ManifestError
 from batch.manifest.localfiles import LocalFiles
+
+log = logging.getLogger("batch.run")
 
 FINGERPRINT = "plan_fingerprint"
 PLAN_COUNTS = "plan_counts"
@@ -83,8 +87,9 @@ def plan_run(spec: JobSpec, ledger: Ledger, *, redo_changed: bool = False) -> Pl
         spec.manifest, endpoint=spec.endpoint, defaults=spec.defaults, files=files
     )
     items: Iterable[EditItem] = check.items()
-    compared = Comparison(spec.endpoints) if spec.endpoints else None
-    if compared is not None:
+    compared = None
+    if spec.endpoints or spec.endpoint in RENAMED:  # each item checked against each model
+        compared = Comparison(spec.endpoints or [spec.endpoint], keyed=bool(spec.endpoints))
         items = compared.items(items)
     if spec.shard is not None:  # every row is still checked; this shard plans its own items
         owns = parse_shard(spec.shard, {}).owns
@@ -151,10 +156,23 @@ class Comparison:
     pair is checked here, so an item an endpoint cannot take (more images than it takes, a value
     out of its range) stops the plan with its line, before anything is sent."""
 
-    def __init__(self, endpoints: Sequence[str]) -> None:
+    def __init__(self, endpoints: Sequence[str], *, keyed: bool = True) -> None:
+        """`keyed`: a comparison (keys get the endpoint's alias); else one endpoint, checked."""
         self.endpoints = list(endpoints)
+        self.keyed = keyed
         self.problems: list[str] = []
         self.notes: dict[str, set[str]] = {e: set() for e in endpoints}
+        seen: dict[str, str] = {}
+        for endpoint in self.endpoints:
+            alias = endpoint_alias(endpoint)
+            if alias in seen:
+                raise JobError(
+                    [
+                        f"endpoints: {seen[alias]} and {endpoint} would both key their items"
+                        f" '…@{alias}': compare them in two jobs"
+                    ]
+                )
+            seen[alias] = endpoint
 
     def items(self, items: Iterable[EditItem]) -> Iterator[EditItem]:
         for item in items:
@@ -166,6 +184,9 @@ class Comparison:
                     continue
                 self.notes[endpoint].update(f"{f} is not sent" for f in made.dropped)
                 self.notes[endpoint].update(made.converted)
+                if not self.keyed:
+                    yield item
+                    continue
                 key = compared_key(item.key, endpoint)
                 yield EditItem(key, endpoint, item.payload, item.source, item.user_id)
         if self.problems:
@@ -209,5 +230,10 @@ def settle(
     sample (`run --sample N`: then the run does only the sample)."""
     if account is not None:
         use_account(ledger, account)
+    with ledger.group() as conn:  # a redo whose item was approved since is not paid for
+        dropped = drop_unwanted(conn, set(ledger.reviews.rejected_items()))
+    if dropped:
+        plan.to_do -= len(dropped)
+        log.info("%d redos not sent: their items are no longer rejected", len(dropped))
     if sample is not None:
         plan.to_do = pilot_sample(ledger, *sample)

@@ -37,7 +37,7 @@ from batch.pipeline.dispatch import Dispatcher, StopSignal
 from batch.pipeline.events import NullProgress, Progress, RunStats
 from batch.pipeline.finish import download_limit
 from batch.pipeline.item import Announce, ItemContext
-from batch.pipeline.planning import plan_run, settle
+from batch.pipeline.planning import pilot_sample, plan_run, settle
 from batch.pipeline.policy import RetryPolicy
 from batch.pipeline.prices import known_price, resolve_price
 from batch.pipeline.recovery import make_recovery
@@ -89,10 +89,10 @@ async def run_job(
             tempfile.TemporaryDirectory(prefix="firered-dry-run-") as tmp,
             Ledger.open(Path(tmp)) as ledger,
         ):
-            return _dry_run(spec, ledger, summary, redo_changed)
+            return _dry_run(spec, ledger, summary, redo_changed, sample)
     with run_lock(output_dir), Ledger.open(output_dir) as ledger:
         if dry_run:
-            return _dry_run(spec, ledger, summary, redo_changed)
+            return _dry_run(spec, ledger, summary, redo_changed, sample)
         removed = cleanup_temp_files(output_dir)
         if removed:
             log.info("removed %d temporary files left by an interrupted run", removed)
@@ -153,14 +153,20 @@ def _new_folder(folder: Path) -> bool:
         return False
 
 
-def _dry_run(spec: JobSpec, ledger: Ledger, summary: RunSummary, redo_changed: bool) -> RunSummary:
-    """Validate and plan, and the cost; nothing is sent."""
-    plan = plan_run(spec, ledger, redo_changed=redo_changed)
+def _dry_run(
+    spec: JobSpec, ledger: Ledger, summary: RunSummary, redo: bool, sample: tuple[int, int] | None
+) -> RunSummary:
+    """Validate and plan, and the cost (of a pilot's sample, with `sample`); nothing is sent."""
+    plan = plan_run(spec, ledger, redo_changed=redo)
     summary.plan, summary.warnings = plan.counts, plan.warnings
     summary.counts = ledger.counts()
-    summary.message = "dry run: nothing sent"
+    summary.message = "dry run: nothing sent" + (" (a pilot's sample)" if sample else "")
+    if sample is not None:
+        pilot_sample(ledger, *sample)
+    price, most = known_price(spec, ledger), _max_usd(spec)
+    pilot = sample is not None
     summary.cost = cost_lines(
-        ledger, known_price(spec, ledger), _max_usd(spec), endpoint=spec.endpoint, dry_run=True
+        ledger, price, most, endpoint=spec.endpoint, dry_run=True, pilot=pilot
     )
     return summary
 
@@ -299,14 +305,7 @@ async def _queue(spec: JobSpec, credentials: Credentials | None) -> AsyncIterato
 
     # A fresh key for the local server: a real FAL_KEY is never sent to it.
     key = "local-" + secrets.token_hex(12)
-    config = SimConfig.model_validate(
-        {
-            "capacity": spec.sim.capacity,
-            "latency": spec.sim.latency,
-            "seed": spec.sim.seed,
-            "key": key,
-        }
-    )
+    config = SimConfig.model_validate({**spec.sim.model_dump(), "key": key})  # its 3 fields
     async with (
         Simulator(config) as sim,
         QueueClient(

@@ -237,10 +237,15 @@ async def _file(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(target, headers={**_HEADERS, "Cache-Control": "private, max-age=60"})
 
 
+_MAX_INT = 2**63 - 1
+
+
 async def _list(request: web.Request) -> web.Response:
     review = _state(request)
     try:
         since = max(0, int(request.query.get("since", "0")))
+        if since > _MAX_INT:
+            raise ValueError(since)
     except ValueError:
         raise web.HTTPBadRequest(text="since: an integer") from None
     reviews = review.ledger.reviews
@@ -266,6 +271,8 @@ def _fields(body: Any) -> tuple[str, int, str, str | None, int]:
     key, index, action, note, version = (body.get(f) for f in ("k", "i", "action", "n", "v"))
     if not isinstance(key, str) or type(index) is not int or type(version) is not int:
         raise ValueError("k: the item's key, i: the output's index, v: the version seen")
+    if not (0 <= index <= _MAX_INT and -1 <= version <= _MAX_INT):  # SQLite's integers
+        raise ValueError("i and v: integers in range")
     if action not in ("approve", "reject", "note", "undo"):
         raise ValueError("action: approve, reject, note or undo")
     if not isinstance(note, str) and (note is not None or action == "note"):

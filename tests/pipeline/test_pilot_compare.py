@@ -87,3 +87,31 @@ async def test_an_item_an_endpoint_cannot_take_stops_the_plan_with_its_line(runn
         await runner.run(spec)
     assert "m.csv:4" in str(caught.value) and QWEN in str(caught.value)
     assert sim.counters.accepted_submits == 0
+
+
+async def test_endpoints_whose_items_would_share_keys_are_refused(runner):
+    from batch.job import JobError
+
+    await runner.start()
+    spec = runner.spec(
+        runner.manifest(2), endpoints=["fal-ai/nano-banana/edit", "acme/nano-banana/edit"]
+    )
+    with pytest.raises(JobError, match="would both key their items"):
+        await runner.run(spec)
+
+
+async def test_one_adapted_endpoint_checks_every_item_before_sending(runner):
+    sim = await runner.start()
+    manifest = runner.tmp / "m.csv"
+    two = f"{png_uri()}|{png_uri(color=(200, 10, 10))}"
+    write_csv(manifest, [*item_rows(2), {"id": "pair", "prompt": "merge", "image_urls": two}])
+    with pytest.raises(ManifestError, match=r"m\.csv:4"):
+        await runner.run(runner.spec(manifest, endpoint=QWEN))
+    assert sim.counters.accepted_submits == 0
+
+
+async def test_a_dry_run_of_a_pilot_counts_only_its_sample(runner):
+    await runner.start()
+    spec = runner.spec(runner.manifest(20))
+    summary = await runner.run(spec, dry_run=True, sample=(3, 1))
+    assert any("to send: 3 requests" in line for line in summary.cost), summary.cost

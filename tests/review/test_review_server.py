@@ -224,6 +224,8 @@ async def test_decisions_round_trip_and_a_stale_write_gets_409(served, client):
         ([1, 2], 400),
         ({"k": "a", "i": 5, "action": "approve", "v": 0}, 404),
         ({"k": "zz", "i": 0, "action": "reject", "v": 0}, 404),
+        ({"k": "a", "i": 10**20, "action": "approve", "v": 0}, 400),  # past SQLite's integers
+        ({"k": "a", "i": 0, "action": "approve", "v": 10**20}, 400),
     ],
 )
 async def test_bad_writes_are_refused(client, payload, status):
@@ -334,3 +336,8 @@ async def test_a_run_may_finish_while_the_folder_is_reviewed(runner, tmp_path):
         assert 'id="count-rejected">1<' in page and 'id="count-unreviewed">4<' in page
         status, body = await client.post({"k": "item004", "i": 0, "action": "approve", "v": 0})
         assert status == 200 and body["counts"] == {"approved": 1, "rejected": 1, "unreviewed": 3}
+
+
+async def test_a_since_past_sqlites_integers_is_a_bad_request(client):
+    status, _ = await client.raw_get("api/decisions?since=99999999999999999999999")
+    assert status == 400
