@@ -134,3 +134,55 @@ async def test_a_split_manifest_runs_one_file_per_shard_into_one_root(job):
     code, out, err = await run_cli("merge", str(root), "--json")
     assert code == 0, err
     assert json.loads(out)["items"] == N
+
+
+async def test_a_job_root_is_not_run_whole_nor_with_an_empty_shard(job):
+    root = job / "root"
+    code, _, err = await run_cli(
+        "run", str(job / "job.yaml"), "--shard", "0/2", "--output", str(root), cwd=job
+    )
+    assert code == 0, err
+    for extra in ([], ["--shard", ""]):  # e.g. --shard "$SHARD" with SHARD unset
+        code, _, err = await run_cli(
+            "run", str(job / "job.yaml"), "--output", str(root), *extra, cwd=job
+        )
+        assert code == 2, err
+    assert not (root / "ledger.sqlite").exists()
+
+
+async def test_odd_roots_are_input_errors_not_crashes(job):
+    (job / "afile").write_text("x")
+    code, _, err = await run_cli(
+        "run", str(job / "job.yaml"), "--shard", "0/2", "--output", str(job / "afile"), cwd=job
+    )
+    assert code == 2 and "not a folder" in err
+    code, _, err = await run_cli(
+        "run", str(job / "job.yaml"), "--output", "file://rel/path", cwd=job
+    )
+    assert code == 2 and "absolute path" in err
+    # a dry run records no division
+    code, _, err = await run_cli(
+        "run", str(job / "job.yaml"), "--shard", "0/3", "--output", str(job / "r"), "--dry-run",
+        cwd=job,
+    )  # fmt: skip
+    assert code == 0, err
+    assert not (job / "r" / "job.json").exists()
+
+
+async def test_merge_names_a_damaged_shard_and_skips_folders_of_another_division(job):
+    root = job / "root"
+    for index in (0, 1):
+        code, _, err = await run_cli(
+            "run", str(job / "job.yaml"), "--shard", f"{index}/2", "--output", str(root),
+            cwd=job,
+        )  # fmt: skip
+        assert code == 0, err
+    shutil.copytree(root / "shards" / "00000-of-00002", root / "shards" / "00000-of-00003")
+    code, out, err = await run_cli("merge", str(root), "--json")
+    assert code == 0 and json.loads(out)["items"] == N, err  # the stray folder is not a shard
+    ledger = root / "shards" / "00001-of-00002" / "ledger.sqlite"
+    ledger.write_bytes(ledger.read_bytes()[:1000])
+    for name in ("-wal", "-shm"):
+        ledger.with_name("ledger.sqlite" + name).unlink(missing_ok=True)
+    code, _, err = await run_cli("merge", str(root))
+    assert code == 2 and "00001-of-00002" in err and "doctor" in err

@@ -154,7 +154,7 @@ def run(
         "concurrency": concurrency,
         "rate": rate,
         "wait": wait,
-        "output": None if shard or is_store_url(output) else output,
+        "output": None if shard is not None or is_store_url(output) else output,
         "webhook": webhook,
         "endpoint": endpoints[0] if len(endpoints) == 1 else None,
         "endpoints": list(endpoints) if len(endpoints) > 1 else None,
@@ -163,9 +163,10 @@ def run(
     placed = place(
         _load_spec(target, overrides),
         output=output,
-        shard=parse_shard(shard, os.environ) if shard else None,
+        shard=parse_shard(shard, os.environ) if shard is not None else None,
         work_dir=Path(work_dir) if work_dir else None,
         concurrency_given=concurrency is not None,
+        dry_run=dry_run,
     )
     spec = placed.spec
     seconds = _duration("--max-runtime", max_runtime) if max_runtime else None
@@ -189,6 +190,8 @@ def run(
             assert placed.root is not None and placed.shard is not None
             record = JobRecord(spec.name, placed.shard.count)
             ttl = _duration("--lease-ttl", lease_ttl)
+            if not 1 <= ttl <= 86_400:
+                raise click.BadParameter("from 1s to 24h", param_hint="'--lease-ttl'")
             job = run_mirrored(spec, root_url=placed.root, record=record, lease_ttl=ttl, **args)
         else:
             job = run_job(spec, **args)

@@ -78,9 +78,16 @@ class JobRecord:
             )
 
 
-def claim_local_record(root: Path, record: JobRecord) -> None:
-    """Write ``ROOT/job.json`` if there is none (create-only), else check it agrees."""
+def claim_local_record(root: Path, record: JobRecord, *, write: bool = True) -> None:
+    """Write ``ROOT/job.json`` if there is none (create-only), else check it agrees.
+    `write` False (a dry run): only check."""
     path = root / JOB_RECORD
+    if root.exists() and not root.is_dir():
+        raise ShardError(f"--output {root}: not a folder")
+    if not write:
+        if path.is_file():
+            record.agrees(JobRecord.loads(path.read_bytes(), str(path)), str(path))
+        return
     root.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -101,14 +108,22 @@ def read_local_record(root: Path) -> JobRecord | None:
         return None
 
 
-def local_shards(root: Path) -> list[tuple[str, Path]]:
-    """(label, folder) of each shard folder under a local job root that has a ledger."""
+def local_shards(root: Path, count: int | None = None) -> list[tuple[str, Path]]:
+    """(label, folder) of each shard folder under a local job root that has a ledger (of the
+    job's `count` shards, when given: a folder of another division is not one of them)."""
     base = root / SHARDS
     if not base.is_dir():
         return []
     return sorted(
-        (folder.name, folder) for folder in base.iterdir() if (folder / "ledger.sqlite").is_file()
+        (folder.name, folder)
+        for folder in base.iterdir()
+        if (folder / "ledger.sqlite").is_file() and of_count(folder.name, count)
     )
+
+
+def of_count(label: str, count: int | None) -> bool:
+    """Whether a shard folder's name is a shard of `count` (any count when None)."""
+    return count is None or label.endswith(f"-of-{count:05d}")
 
 
 @dataclass(frozen=True)
@@ -128,11 +143,14 @@ def place(
     shard: Shard | None,
     work_dir: Path | None,
     concurrency_given: bool,
+    dry_run: bool = False,
 ) -> Placed:
     """Where this run writes: the plain output folder, a shard's folder under a local job root,
     or (object storage) a local work folder mirrored to the shard's folder in the store."""
     if is_store_url(output):
         assert output is not None
+        if output.lower().startswith("file://") and not output.lower().startswith("file:///"):
+            raise ShardError(f"--output {output}: a file:// URL takes an absolute path (file:///…)")
         shard = shard or Shard(0, 1)
         work = (work_dir or spec.output).resolve()
         spec = spec.with_overrides(
@@ -141,10 +159,16 @@ def place(
         root: str | None = output.rstrip("/")
     elif shard is not None:
         base = Path(output).resolve() if output else spec.output
-        claim_local_record(base, JobRecord(spec.name, shard.count))
+        claim_local_record(base, JobRecord(spec.name, shard.count), write=not dry_run)
         spec = spec.with_overrides(output=shard_folder(base, shard), shard=str(shard))
         root = str(base)
     else:
+        recorded = read_local_record(spec.output) if spec.output.is_dir() else None
+        if recorded is not None:  # a whole run here would send every shard's items again
+            raise ShardError(
+                f"--output {spec.output}: the root of a job divided into {recorded.shards}"
+                f" shards: run one with --shard I/{recorded.shards}"
+            )
         return Placed(spec, None, None, _account(spec, Shard(0, 1))[0] if spec.accounts else None)
     account: AccountSpec | None = None
     if spec.accounts:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from batch.errors import InvalidInputError
@@ -18,6 +18,7 @@ from batch.manifest.pricing import SettingsModel
 DEFAULT_PLATFORM_URL = "https://api.fal.ai"
 
 _URL_RE = re.compile(r"https?://[^\s/?#]+(/\S*)?", re.IGNORECASE)
+ENDPOINT_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")
 _NUMBER = r"\d+(\.\d+)?"
 _LATENCY_RE = re.compile(rf"(fixed:)?{_NUMBER}|(uniform|lognormal):{_NUMBER},{_NUMBER}")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
@@ -205,3 +206,20 @@ class AccountSpec(SettingsModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     key_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
     concurrency: int = Field(ge=1, le=10_000)
+
+
+def _endpoint_list(value: list[str]) -> list[str]:
+    if any(not ENDPOINT_RE.fullmatch(e) for e in value) or len(set(value)) < len(value):
+        raise _fail("each must look like 'owner/app[/path]', each once")
+    return value
+
+
+def _account_list(value: list[AccountSpec]) -> list[AccountSpec]:
+    if len({a.name for a in value}) < len(value):
+        raise _fail("each account's name once (the ledger records it)")
+    return value
+
+
+# `endpoints:` (a comparison, at most 20) and `accounts:` (at most 100), each entry once.
+Endpoints = Annotated[list[str], Field(max_length=20), AfterValidator(_endpoint_list)]
+Accounts = Annotated[list[AccountSpec], Field(max_length=100), AfterValidator(_account_list)]

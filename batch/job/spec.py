@@ -42,7 +42,6 @@ listing every problem as ``file:line: field: reason``; `JobSpec.for_manifest` an
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -63,7 +62,9 @@ from batch.fal import DEFAULT_QUEUE_URL
 from batch.job.paths import absolute, drop_value, output_problem
 from batch.job.settings import (
     _URL_RE,
-    AccountSpec,
+    ENDPOINT_RE,
+    Accounts,
+    Endpoints,
     FalSpec,
     JobError,
     RetrySpec,
@@ -101,7 +102,6 @@ LOCAL_QUEUE = "local"
 
 WaitMode = Literal["poll", "stream", "webhook"]
 
-_ENDPOINT_RE = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+")
 INT64_MAX = 2**63 - 1
 # Ceilings far above any account's limits, so that a typo (concurrency: 80000000) is an error,
 # not a run that opens that many connections.
@@ -118,7 +118,7 @@ class JobSpec(SettingsModel):
     manifest: Path
     name: str = ""  # set by _resolve_paths (from the manifest's or job file's stem)
     endpoint: str = DEFAULT_ENDPOINT
-    endpoints: list[str] = Field(default_factory=list, max_length=20)  # a comparison
+    endpoints: Endpoints = Field(default_factory=list)  # a comparison
     queue: str = DEFAULT_QUEUE_URL
     concurrency: int = Field(default=8, ge=1, le=MAX_CONCURRENCY)
     # None: as many as `concurrency`
@@ -143,7 +143,7 @@ class JobSpec(SettingsModel):
     fal: FalSpec = FalSpec()
     price: PriceSpec | None = None
     budget: BudgetSpec | None = None
-    accounts: list[AccountSpec] = Field(default_factory=list, max_length=100)
+    accounts: Accounts = Field(default_factory=list)
     shard: str | None = Field(default=None, pattern=r"^[0-9]{1,6}/[0-9]{1,6}$")  # `run --shard`
     store: str | None = None  # the shard's folder in object storage; `output` is then local
     _job_dir: Path | None = PrivateAttr(default=None)  # the job file's folder, if any
@@ -250,15 +250,8 @@ class JobSpec(SettingsModel):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, value: str) -> str:
-        if not _ENDPOINT_RE.fullmatch(value):
+        if not ENDPOINT_RE.fullmatch(value):
             raise _fail("must look like 'owner/app' or 'owner/app/path'")
-        return value
-
-    @field_validator("endpoints")
-    @classmethod
-    def _endpoints(cls, value: list[str]) -> list[str]:
-        if any(not _ENDPOINT_RE.fullmatch(e) for e in value) or len(set(value)) < len(value):
-            raise _fail("each must look like 'owner/app[/path]', each once")
         return value
 
     @model_validator(mode="after")

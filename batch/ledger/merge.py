@@ -43,13 +43,17 @@ def merge_ledgers(shards: Sequence[tuple[str, Path, str]], dest: Path) -> MergeR
         conn.execute("BEGIN IMMEDIATE")
         done: list[str] = []
         for label, path, prefix in shards:
-            conn.execute("ATTACH DATABASE ? AS shard", (f"file:{path}?mode=ro",))
             try:
+                conn.execute("ATTACH DATABASE ? AS shard", (f"file:{path}?mode=ro",))
                 _copy(conn, label, prefix, done)
-            finally:
-                conn.execute("COMMIT")  # DETACH needs no open transaction on the attached file
-                conn.execute("DETACH DATABASE shard")
-                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as exc:  # the merged ledger is removed (below)
+                raise MergeError(
+                    f"shard {label}: its ledger {path} cannot be read ({exc}); nothing was"
+                    f" merged. `firered-batch doctor {path.parent} --recover` repairs it"
+                ) from None
+            conn.execute("COMMIT")  # DETACH needs no open transaction on the attached file
+            conn.execute("DETACH DATABASE shard")
+            conn.execute("BEGIN IMMEDIATE")
         conn.execute("COMMIT")
         (items,) = conn.execute("SELECT count(*) FROM items").fetchone()
         (outputs,) = conn.execute("SELECT count(*) FROM outputs").fetchone()

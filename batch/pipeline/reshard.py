@@ -51,7 +51,7 @@ def reshard(root: Path, count: int) -> Resharded:
     record = read_local_record(root)
     if record is None:
         raise NotAJobRootError(f"{root}: no job.json here: not the root of a sharded job")
-    shards = local_shards(root)
+    shards = local_shards(root, record.shards)
     with contextlib.ExitStack() as locks:
         for _, folder in shards:
             locks.enter_context(run_lock(folder))  # LockHeldError (exit 5): a shard is running

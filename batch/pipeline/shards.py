@@ -18,6 +18,7 @@ from batch.job.layout import (
     JobRecord,
     is_store_url,
     local_shards,
+    of_count,
     read_local_record,
 )
 from batch.ledger import LEDGER_FILE, Ledger
@@ -130,20 +131,21 @@ async def _ledgers(root: str, tmp: Path) -> tuple[JobRecord, list[tuple[str, Pat
         record = read_local_record(Path(root))
         if record is None:
             raise NotAJobRootError(f"{root}: no {JOB_RECORD} here: not the root of a sharded job")
-        return record, [(label, folder / LEDGER_FILE) for label, folder in local_shards(Path(root))]
+        folders = local_shards(Path(root), record.shards)
+        return record, [(label, folder / LEDGER_FILE) for label, folder in folders]
     store = open_store(root)
     try:
         record = JobRecord.loads(await store.get(JOB_RECORD), store.url(JOB_RECORD))
     except MissingObjectError:
         raise NotAJobRootError(f"{store.url()}: no {JOB_RECORD}: not a sharded job") from None
-    return record, await _download_snapshots(store, tmp)
+    return record, await _download_snapshots(store, tmp, record.shards)
 
 
-async def _download_snapshots(store: Store, tmp: Path) -> list[tuple[str, Path]]:
+async def _download_snapshots(store: Store, tmp: Path, count: int) -> list[tuple[str, Path]]:
     found = []
     for key in await store.list(f"{SHARDS}/"):
         parts = key.split("/")
-        if len(parts) == 3 and parts[2] == LEDGER_FILE:
+        if len(parts) == 3 and parts[2] == LEDGER_FILE and of_count(parts[1], count):
             path = tmp / SHARDS / parts[1] / LEDGER_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
             await store.get_file(key, path)

@@ -65,7 +65,10 @@ class LeaseInfo:
             return None
 
     def describe(self, now: float) -> str:
-        when = datetime.fromtimestamp(self.expires_at, UTC).isoformat(timespec="seconds")
+        try:
+            when = datetime.fromtimestamp(self.expires_at, UTC).isoformat(timespec="seconds")
+        except (OverflowError, OSError, ValueError):  # a far-off (or odd) expiry someone wrote
+            when = f"{self.expires_at:.0f} (seconds since 1970)"
         return f"{self.owner} until {when} ({max(0.0, self.expires_at - now):.0f} s left)"
 
 

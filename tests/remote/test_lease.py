@@ -174,3 +174,10 @@ def test_default_owner_is_host_pid_random() -> None:
     host, pid, tag = default_owner().split(":")
     assert host and int(pid) > 0 and len(tag) == 8
     assert default_owner() != default_owner()
+
+
+def test_a_far_off_expiry_is_described_not_a_crash() -> None:
+    from batch.remote import LeaseInfo
+
+    info = LeaseInfo.parse(b'{"owner": "h:1:x", "expires_at": 1e16, "host": "h", "pid": 1}')
+    assert info is not None and "seconds since 1970" in info.describe(0.0)
