@@ -74,7 +74,7 @@ async def job(runner: Runner) -> Job:
         keep_price(ledger, QWEN, QWEN_PRICE)
         ledger.reviews.decide(original, 0, "rejected", reviewer="t")
         with ledger.group() as conn:
-            [(redo, _)] = redo_rejected(conn, [original], Change(new_seed=True))
+            [(redo, _, _)] = redo_rejected(conn, [original], Change(new_seed=True))
         pilot = {k for (k,) in ledger._conn.execute("SELECT key FROM items WHERE pilot = 1")}
     again = await runner.run(spec)  # does the redo; writes the report
     assert again.counts["completed"] == 13, again.text()
