@@ -59,3 +59,19 @@ def submit_url(base_url: str, endpoint_id: str) -> str:
 def request_url(base_url: str, endpoint_id: str, request_id: str) -> str:
     """The result URL of a request; status and cancel append `/status` and `/cancel`."""
     return f"{base_url.rstrip('/')}/{parse_endpoint(endpoint_id).root}/requests/{request_id}"
+
+
+def endpoint_alias(endpoint_id: str) -> str:
+    """``fal-ai/flux-kontext/dev`` → ``flux-kontext-dev``: the endpoint in the key of a compared
+    item (``cat@flux-kontext-dev``, `compared_key`)."""
+    return endpoint_id.split("/", 1)[-1].replace("/", "-")
+
+
+def compared_key(key: str, endpoint_id: str) -> str:
+    """The key of a manifest item run on `endpoint_id` as part of a comparison."""
+    return f"{key}@{endpoint_alias(endpoint_id)}"
+
+
+def input_key(key: str, endpoint_id: str) -> str:
+    """The manifest input an item (or its redo) is for: ``cat@qwen-image-edit~redo1`` → ``cat``."""
+    return key.split("~redo", 1)[0].removesuffix("@" + endpoint_alias(endpoint_id))

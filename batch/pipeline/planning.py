@@ -24,6 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from batch.errors import InvalidInputError
 from batch.fal.adapters import RENAMED, AdapterError, adaptation
+from batch.fal.endpoints import compared_key, endpoint_alias
 from batch.job import JobError, JobSpec
 from batch.job.shards import KEY_FUNCTION, parse_shard
 from batch.ledger import Ledger, PlanResult
@@ -198,15 +199,6 @@ class Comparison:
             for endpoint, notes in self.notes.items()
             for note in sorted(notes)
         ]
-
-
-def endpoint_alias(endpoint: str) -> str:
-    """``fal-ai/flux-kontext/dev`` → ``flux-kontext-dev``: the endpoint in an item's key."""
-    return endpoint.split("/", 1)[-1].replace("/", "-")
-
-
-def compared_key(key: str, endpoint: str) -> str:
-    return f"{key}@{endpoint_alias(endpoint)}"
 
 
 def pilot_sample(ledger: Ledger, n: int, seed: int) -> int:

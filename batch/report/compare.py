@@ -27,21 +27,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from batch.fal.endpoints import endpoint_alias, input_key
 from batch.ledger.prices import parse_kept, price_key
 from batch.ledger.spend import unit_price, units_apply
 from batch.manifest.pricing import PriceSpec, usd
 from batch.report.page import quantile
-
-
-def endpoint_alias(endpoint: str) -> str:
-    """``fal-ai/flux-kontext/dev`` → ``flux-kontext-dev``: the endpoint in an item's key (as
-    `batch.pipeline.planning` makes it; the report sits below the pipeline, hence this copy)."""
-    return endpoint.split("/", 1)[-1].replace("/", "-")
-
-
-def input_key(key: str, endpoint: str) -> str:
-    """The manifest input an item (or its redo) is for: ``cat@qwen-image-edit~redo1`` → ``cat``."""
-    return key.split("~redo", 1)[0].removesuffix("@" + endpoint_alias(endpoint))
 
 
 def fine_usd(value: float) -> str:

@@ -21,11 +21,12 @@ from typing import Any
 import pytest
 from support import Runner, png_uri, write_csv
 
+from batch.fal.endpoints import endpoint_alias, input_key
 from batch.ledger import Ledger
 from batch.ledger.prices import keep_price
 from batch.ledger.redo import Change, redo_rejected
 from batch.manifest.pricing import PriceSpec, usd
-from batch.report.compare import Compared, endpoint_alias, fine_usd, input_key
+from batch.report.compare import Compared, fine_usd
 from batch.report.page import quantile
 from batch.report.sheet import render_report, report_for, write_report
 
