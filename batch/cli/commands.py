@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import secrets
 import sys
@@ -24,7 +23,7 @@ from batch.cli.options import (
     webhook_options,
     webhook_settings,
 )
-from batch.cli.outcomes import Commands, fail
+from batch.cli.outcomes import Commands, fail, listen_failed
 from batch.cli.review_command import review
 from batch.cli.schedule import make_schedule
 from batch.cli.shard_commands import merge, reshard, split
@@ -316,22 +315,7 @@ def sim(
     try:
         run_forever(config)
     except OSError as exc:
-        why = _bind_error(exc, host, port)
-        if why is None:
-            raise
-        click.echo(why, err=True)
-        sys.exit(ExitCode.INVALID)
-
-
-def _bind_error(exc: OSError, host: str, port: int) -> str | None:
-    """What a failure to listen on `host`:`port` means to the user (None: not that)."""
-    if exc.errno == errno.EADDRINUSE:
-        return f"port {port} is in use; choose another with --port"
-    if exc.errno == errno.EACCES:
-        return f"port {port}: not allowed (ports below 1024 need privileges); choose another"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return f"--host {host}: not an address of this machine"
-    return None
+        listen_failed(exc, host, port)
 
 
 @main.command()

@@ -13,6 +13,7 @@ error it means (`batch.outputs.faults`, `batch.ledger.faults`) and that error's 
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import sqlite3
@@ -87,6 +88,21 @@ class Commands(click.Group):
                 crash_log=str(log),
             )
             sys.exit(ExitCode.CRASH)
+
+
+def listen_failed(exc: OSError, host: str, port: int) -> NoReturn:
+    """A server (`sim`, `review`) that could not listen: a port in use or not allowed, or a host
+    that is not this machine's, is one line and exit 2; any other OSError is raised on."""
+    if exc.errno == errno.EADDRINUSE:
+        why = f"port {port} is in use; choose another with --port"
+    elif exc.errno == errno.EACCES:
+        why = f"port {port}: not allowed (ports below 1024 need privileges); choose another"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = f"--host {host}: not an address of this machine"
+    else:
+        raise exc
+    click.echo(why, err=True)
+    sys.exit(ExitCode.INVALID)
 
 
 def host_fault(exc: Exception, output_dir: Path | None) -> BatchError | None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import getpass
-import sys
 from pathlib import Path
 from typing import Literal
 
 import click
 
+from batch.cli.outcomes import listen_failed
 from batch.cli.targets import open_target
-from batch.errors import ExitCode
 from batch.ledger import Ledger
 from batch.ledger.reviews import check_reviewer
 from batch.report import write_report
@@ -109,11 +107,7 @@ def review(
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_serve(job.output, name, host, port, allow_remote, about))
     except OSError as exc:
-        why = _bind_error(exc, host, port)
-        if why is None:
-            raise
-        click.echo(why, err=True)
-        sys.exit(ExitCode.INVALID)
+        listen_failed(exc, host, port)
 
 
 def _outputs(ledger: Ledger, ref: str) -> list[tuple[str, int]]:
@@ -151,14 +145,3 @@ async def _serve(
         click.echo(f"Reviewing {output} as {reviewer}: open {served.url}")
         click.echo("Ctrl-C stops (report.html is written again with the decisions).")
         await asyncio.Event().wait()
-
-
-def _bind_error(exc: OSError, host: str, port: int) -> str | None:
-    """What a failure to listen on `host`:`port` means to the user (None: not that)."""
-    if exc.errno == errno.EADDRINUSE:
-        return f"port {port} is in use; choose another with --port"
-    if exc.errno == errno.EACCES:
-        return f"port {port}: not allowed (ports below 1024 need privileges); choose another"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return f"--host {host}: not an address of this machine"
-    return None
