@@ -47,7 +47,7 @@ def test_a_crash_before_the_output_folder_is_known_logs_to_the_temporary_folder(
     def broken(*args, **kwargs):
         raise RuntimeError("a bug while loading")
 
-    monkeypatch.setattr("batch.cli.commands._load_spec", broken)
+    monkeypatch.setattr("batch.cli.run_command._load_spec", broken)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     import tempfile
 
