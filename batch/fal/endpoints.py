@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 NAMESPACES = frozenset({"workflows", "comfy"})
 _LEGACY_ID = re.compile(r"^([0-9]+)-([a-zA-Z0-9-]+)$")
+_REDOS = re.compile(r"(~redo[0-9]+)+$")  # what `retry --rejected` appends to a key
 
 
 @dataclass(frozen=True)
@@ -73,5 +74,6 @@ def compared_key(key: str, endpoint_id: str) -> str:
 
 
 def input_key(key: str, endpoint_id: str) -> str:
-    """The manifest input an item (or its redo) is for: ``cat@qwen-image-edit~redo1`` → ``cat``."""
-    return key.split("~redo", 1)[0].removesuffix("@" + endpoint_alias(endpoint_id))
+    """The manifest input an item (or its redo) is for: ``cat@qwen-image-edit~redo1`` → ``cat``
+    (only the redo numbers a redo appends are taken off: ``shot~redo-final`` is an input)."""
+    return _REDOS.sub("", key).removesuffix("@" + endpoint_alias(endpoint_id))

@@ -180,6 +180,7 @@ def test_keys_inputs_and_aliases():
     assert input_key("cat@qwen-image-edit~redo2", QWEN) == "cat"
     assert input_key("a@b@qwen-image-edit", QWEN) == "a@b"
     assert input_key("cat~redo1", FIRERED) == "cat"  # a single endpoint's key has no alias
+    assert input_key("shot~redo-final@qwen-image-edit~redo1", QWEN) == "shot~redo-final"
 
 
 def _plan(out: Path, items: list[tuple[str, str]]) -> None:
