@@ -27,14 +27,19 @@ def job(tmp_path):
     return tmp_path
 
 
-async def test_two_shards_run_apart_and_merge_into_one_ledger(job):
-    root = job / "root"
+async def _run_both_shards(job, root):
+    """Shards 0/2 and 1/2 of the job, one after the other, into `root`; each exits 0."""
     for index in (0, 1):
-        code, out, err = await run_cli(
+        code, _, err = await run_cli(
             "run", str(job / "job.yaml"), "--shard", f"{index}/2", "--output", str(root),
             cwd=job,
         )  # fmt: skip
         assert code == 0, err
+
+
+async def test_two_shards_run_apart_and_merge_into_one_ledger(job):
+    root = job / "root"
+    await _run_both_shards(job, root)
     code, out, err = await run_cli("status", str(root), "--json")
     assert code == 0, err
     state = json.loads(out)
@@ -61,12 +66,7 @@ async def test_two_shards_run_apart_and_merge_into_one_ledger(job):
 
 async def test_reshard_moves_items_and_images_to_their_new_shards(job):
     root = job / "root"
-    for index in (0, 1):
-        code, _, err = await run_cli(
-            "run", str(job / "job.yaml"), "--shard", f"{index}/2", "--output", str(root),
-            cwd=job,
-        )  # fmt: skip
-        assert code == 0, err
+    await _run_both_shards(job, root)
     code, out, err = await run_cli("reshard", str(root), "--shards", "3")
     assert code == 0, err
     assert "2 shards → 3" in out
@@ -171,12 +171,7 @@ async def test_odd_roots_are_input_errors_not_crashes(job):
 
 async def test_merge_names_a_damaged_shard_and_skips_folders_of_another_division(job):
     root = job / "root"
-    for index in (0, 1):
-        code, _, err = await run_cli(
-            "run", str(job / "job.yaml"), "--shard", f"{index}/2", "--output", str(root),
-            cwd=job,
-        )  # fmt: skip
-        assert code == 0, err
+    await _run_both_shards(job, root)
     shutil.copytree(root / "shards" / "00000-of-00002", root / "shards" / "00000-of-00003")
     code, out, err = await run_cli("merge", str(root), "--json")
     assert code == 0 and json.loads(out)["items"] == N, err  # the stray folder is not a shard
